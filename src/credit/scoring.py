@@ -1,0 +1,87 @@
+"""Score a fixed response under many contexts: the student under x, the teacher under c, the
+negatives under c^(k). One packing, one forward, one slice: every caller gets (N, R) tensors whose
+column t is response token t, whatever the context lengths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from credit.signal import DEFAULT_CHUNK_BYTES, token_logprobs
+
+
+@dataclass
+class Packed:
+    """Contexts left-padded to a common length C, responses right-padded to R: [pad ctx | resp pad].
+
+    input_ids, attention_mask, position_ids: (N, C + R); response_ids, response_mask: (N, R).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+
+    @property
+    def response_len(self) -> int:
+        return self.response_ids.shape[1]
+
+    def to(self, device) -> Packed:
+        return Packed(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.position_ids,
+                                                self.response_ids, self.response_mask)))
+
+    def rows(self, idx: slice | torch.Tensor) -> Packed:
+        return Packed(self.input_ids[idx], self.attention_mask[idx], self.position_ids[idx],
+                      self.response_ids[idx], self.response_mask[idx])
+
+
+def pack(contexts: list[list[int]], responses: list[list[int]], pad_id: int, response_len: int | None = None) -> Packed:
+    """Pack N (context, response) pairs; ``response_len`` pads R to a fixed width (to align batches)."""
+    if len(contexts) != len(responses):
+        raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses; one context per response")
+    if any(len(c) == 0 for c in contexts):
+        raise ValueError("an empty context cannot be scored: the first response token needs a preceding token")
+    n = len(contexts)
+    ctx_len = max(len(c) for c in contexts)
+    resp_len = max([len(r) for r in responses] + [response_len or 1])
+    input_ids = torch.full((n, ctx_len + resp_len), pad_id, dtype=torch.long)  # (N, C+R)
+    attention = torch.zeros((n, ctx_len + resp_len), dtype=torch.long)  # (N, C+R)
+    for i, (c, r) in enumerate(zip(contexts, responses)):
+        input_ids[i, ctx_len - len(c) : ctx_len] = torch.tensor(c, dtype=torch.long)
+        input_ids[i, ctx_len : ctx_len + len(r)] = torch.tensor(r, dtype=torch.long)
+        attention[i, ctx_len - len(c) : ctx_len + len(r)] = 1
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)  # (N, C+R): a padded row starts at position 0
+    response_ids = input_ids[:, ctx_len:]  # (N, R)
+    response_mask = attention[:, ctx_len:].float()  # (N, R)
+    return Packed(input_ids, attention, positions, response_ids.clone(), response_mask)
+
+
+def response_logits(model, packed: Packed) -> torch.Tensor:
+    """Logits that predict each response token: (N, R, V). Only the last R+1 positions pass the LM head."""
+    out = model(
+        input_ids=packed.input_ids,
+        attention_mask=packed.attention_mask,
+        position_ids=packed.position_ids,
+        logits_to_keep=packed.response_len + 1,
+        use_cache=False,
+    )
+    return out.logits[:, :-1, :]  # position C-1+t predicts response token t
+
+
+def response_logprobs(
+    model,
+    packed: Packed,
+    temperature: float = 1.0,
+    micro_batch: int | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> torch.Tensor:
+    """fp32 log-probs of the response tokens at ``temperature``: (N, R). Carries grad when enabled."""
+    step = micro_batch or packed.input_ids.shape[0]
+    parts = []
+    for s in range(0, packed.input_ids.shape[0], step):
+        rows = packed.rows(slice(s, s + step))
+        parts.append(token_logprobs(response_logits(model, rows), rows.response_ids, temperature, chunk_bytes))
+    return torch.cat(parts) * packed.response_mask.to(parts[0].device)
