@@ -1,0 +1,210 @@
+"""Held-out evaluation: ``n`` samples per item of a task split; mean@n, pass@k, maj@n.
+
+- ``mean@n``: the mean reward over all items and samples.
+- ``pass@k``: the unbiased estimator of Chen et al. 2021 (Codex), per item
+  ``1 − C(n−c, k) / C(n, k)`` with ``c`` the samples whose reward reaches ``success_threshold``,
+  averaged over items; computed as ``1 − Π_{i=n−c+1}^{n} (1 − k/i)`` (no huge binomials).
+- ``maj@n``: majority vote over the samples' final answers; the item scores the reward of the
+  winning answer (ties: the answer seen first). The answer of a sample is ``Outcome.info["extracted"]``
+  or ``info["answer"]`` when present, else its whitespace-normalized text. A key counts as the
+  *answer* only when it determines the reward within the item (same key ⇒ same reward); otherwise
+  (e.g. a task that stores the *gold* answer under ``info["answer"]``) the normalized text is used.
+
+Generation is batched: every prompt × ``n`` goes through ``credit.rollout.sample`` in micro-batches of
+``batch_size`` sequences; scoring uses the task's ``score_batch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from credit import viz
+from credit.viz import UserError
+
+ANSWER_KEYS = ("extracted", "answer")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k for one item with ``c`` correct of ``n`` samples: ``1 − C(n−c,k)/C(n,k)``."""
+    if not (0 <= c <= n and 1 <= k <= n):
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n; got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def _normalize(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def answer_keys(infos: Sequence[dict[str, Any]], responses: Sequence[str], rewards: Sequence[float]) -> list[str]:
+    """One item's vote keys (see the module docstring)."""
+    for key in ANSWER_KEYS:
+        if all(key in info and info[key] is not None for info in infos):
+            keys = [_normalize(info[key]) for info in infos]
+            reward_of: dict[str, float] = {}
+            if all(reward_of.setdefault(k, r) == r for k, r in zip(keys, rewards)):
+                return keys
+    return [_normalize(r) for r in responses]
+
+
+def majority_vote(keys: Sequence[str], rewards: Sequence[float]) -> tuple[str, int, float]:
+    """``(answer, votes, reward)`` of the most frequent key; ties go to the key seen first."""
+    counts: dict[str, int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    best = max(counts, key=lambda k: (counts[k], -keys.index(k)))
+    return best, counts[best], rewards[keys.index(best)]
+
+
+def default_ks(n: int) -> list[int]:
+    """1, 2, 4, ... up to n, and n itself."""
+    ks, k = [], 1
+    while k < n:
+        ks.append(k)
+        k *= 2
+    return ks + [n]
+
+
+def evaluate(
+    model,
+    tokenizer,
+    task,
+    *,
+    split: str = "test",
+    n: int = 4,
+    temperature: float = 0.7,
+    max_new_tokens: int = 64,
+    batch_size: int = 64,
+    seed: int = 0,
+    ks: Sequence[int] | None = None,
+    limit: int | None = None,
+    success_threshold: float = 1.0,
+    top_p: float = 1.0,
+    stop: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Evaluate ``model`` on ``task``'s ``split`` with ``n`` samples per item.
+
+    Returns a dict with ``mean@n``, ``pass@k`` for each ``k`` in ``ks`` (default 1, 2, 4, …, n),
+    ``maj@n`` (floats in [0, 1]), ``num_items``, timing, the settings, and ``items`` (per item: id,
+    rewards, correct count, the majority answer and its votes). The model's train/eval mode is
+    restored; the global RNG is untouched (sampling is seeded by ``seed``).
+    """
+    from credit.rollout import SamplingConfig, encode_prompts, sample
+
+    ks = sorted(set(ks)) if ks else default_ks(n)
+    if n < 1 or any(not 1 <= k <= n for k in ks):
+        raise ValueError(f"need n >= 1 and every k in [1, n]; got n={n}, ks={list(ks)}")
+    examples = task.examples(split)[:limit]
+    if not examples:
+        raise UserError(f"task {getattr(task, 'name', task)!r} has no examples in split {split!r}")
+    cfg = SamplingConfig(num_samples=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                         stop=tuple(stop), micro_batch_size=batch_size, seed=seed)
+    t0 = time.perf_counter()
+    rollouts = sample(model, tokenizer, encode_prompts(tokenizer, [e.messages for e in examples]), cfg)
+    outcomes = task.score_batch([examples[g] for g in rollouts.group], rollouts.texts)
+    seconds = time.perf_counter() - t0
+
+    items, means, majs = [], [], []
+    passes = {k: [] for k in ks}
+    for i, ex in enumerate(examples):
+        sl = slice(i * n, (i + 1) * n)  # the n samples of item i (contiguous)
+        rewards = [o.reward for o in outcomes[sl]]
+        c = sum(r >= success_threshold for r in rewards)
+        keys = answer_keys([o.info for o in outcomes[sl]], rollouts.texts[sl], rewards)
+        answer, votes, maj_reward = majority_vote(keys, rewards)
+        means.append(sum(rewards) / n)
+        majs.append(maj_reward)
+        for k in ks:
+            passes[k].append(pass_at_k(n, c, k))
+        items.append({"id": ex.id, "rewards": rewards, "correct": c, "majority_answer": answer,
+                      "majority_votes": votes, "majority_reward": maj_reward})
+
+    m = len(examples)
+    lengths = [len(y) for y in rollouts.response_ids]
+    result: dict[str, Any] = {
+        "task": getattr(task, "name", type(task).__name__), "split": split, "n": n, "ks": list(ks),
+        "num_items": m, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed,
+        "success_threshold": success_threshold,
+        f"mean@{n}": sum(means) / m,
+        **{f"pass@{k}": sum(passes[k]) / m for k in ks},
+        f"maj@{n}": sum(majs) / m,
+        "response_len_mean": sum(lengths) / max(len(lengths), 1),
+        "truncated_frac": sum(rollouts.truncated) / max(len(lengths), 1),
+        "seconds": seconds,
+        "tokens_per_s": rollouts.tokens / rollouts.seconds if rollouts.seconds > 0 else 0.0,
+        "items": items,
+    }
+    return result
+
+
+def headline(result: dict[str, Any]) -> dict[str, float]:
+    """The metric entries only (``mean@n``, ``pass@k``..., ``maj@n``): for logging as ``eval/*``."""
+    n = result["n"]
+    keys = [f"mean@{n}", *(f"pass@{k}" for k in result["ks"]), f"maj@{n}"]
+    return {k: result[k] for k in keys}
+
+
+def print_table(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    metrics = headline(result)
+    table = Table(title=f"{result['task']} / {result['split']}: {result['num_items']} items × n={result['n']} "
+                        f"(T={result['temperature']})")
+    for k in metrics:
+        table.add_column(k, justify="right")
+    table.add_row(*(f"{v:.4f}" for v in metrics.values()))
+    console = Console()
+    console.print(table)
+    console.print(f"{result['seconds']:.1f} s, {result['tokens_per_s']:.0f} tokens/s, mean response "
+                  f"{result['response_len_mean']:.1f} tokens, truncated {result['truncated_frac']:.1%}")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from credit.explain import add_common_model_args
+
+    p = sub.add_parser("eval", help="mean@n, pass@k, maj@n of a model or checkpoint on a task's held-out split",
+                       description="Sample n responses per item of a task split (batched), score them, and "
+                                   "report mean@n, unbiased pass@k and maj@n.")
+    add_common_model_args(p)
+    p.add_argument("--task", default="addition", help="task name (default addition)")
+    p.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="task option (repeatable)")
+    p.add_argument("--split", default="test", help="(default test)")
+    p.add_argument("-n", "--num-samples", type=int, default=4, help="samples per item (default 4)")
+    p.add_argument("-k", type=int, action="append", dest="ks", help="pass@k to report (repeatable; default 1,2,4..n)")
+    p.add_argument("--temperature", type=float, default=0.7, help="(default 0.7)")
+    p.add_argument("--top-p", type=float, default=1.0, help="(default 1.0)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="(default 64)")
+    p.add_argument("--batch-size", type=int, default=64, help="sequences per generate call (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="(default 0)")
+    p.add_argument("--limit", type=int, help="only the first N items")
+    p.add_argument("--success-threshold", type=float, default=1.0, help="reward counted as correct (default 1.0)")
+    p.add_argument("--json", dest="json_out", help="write the full result (with per-item data) as JSON here")
+    p.set_defaults(func=run, command="eval")
+
+
+@viz.cli_entry
+def run(args) -> int:
+    from credit.explain import load_model_from_args, parse_task_options
+    from credit.tasks import build_task
+
+    task = build_task(args.task, **parse_task_options(args.task_option))
+    model, tokenizer = load_model_from_args(args)
+    result = evaluate(model, tokenizer, task, split=args.split, n=args.num_samples, temperature=args.temperature,
+                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
+                      ks=args.ks, limit=args.limit, success_threshold=args.success_threshold, top_p=args.top_p)
+    print_table(result)
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+        print(f"wrote {args.json_out}")
+    return 0

@@ -1,0 +1,476 @@
+"""See the credit: per-token ΔV_t, S_t and G_t of one response, as HTML, PNG and JSON.
+
+For a prompt ``x`` (chat messages), a response ``y`` and privileged information ``z`` (feedback
+and/or a demo), with the teacher = the same model under the teacher context (a *live* teacher):
+
+    ℓS_t = log π(y_t | x, y_<t)            student
+    ℓT_t = log π(y_t | c, y_<t)            teacher, c = template(x, z)
+    ℓN^k_t = log π(y_t | c^(k), y_<t)      k-th negative: same y and z, another prompt x_k
+    ΔV_t = ℓT_t − ℓS_t,  G_t = agg_k ℓN^k_t,  S_t = ℓT_t − G_t
+
+computed with ``credit.scoring`` (one packed forward) and the pure functions of ``credit.signal``,
+so the numbers are exactly those the trainer would see for a live teacher at that temperature.
+
+The response is scored as token ids: from a run's ``rollouts.jsonl`` record the original
+``response_ids`` (and the recorded ``teacher_context_ids``) are used, never a re-tokenization.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from credit import viz
+from credit.viz import UserError
+
+Messages = list[dict[str, str]]
+
+
+# ----------------------------------------------------------------------------- computation
+
+
+@dataclass
+class Explanation:
+    """Per-token credit of one response. Lists are indexed by response token ``t``."""
+
+    tokens: list[str]
+    """The text each token adds to the decoded response ("" for a partial multi-byte character)."""
+    ids: list[int]
+    student_logp: list[float]
+    teacher_logp: list[float]
+    negative_logp: list[list[float]]
+    """(K, T): teacher log-probs under each negative context."""
+    dv: list[float]
+    s: list[float]
+    g: list[float]
+    sums: dict[str, float]
+    """Σ_t of dv, s, g, student_logp, teacher_logp (the sequence pMI is ``sums["dv"]``)."""
+    prompt_messages: Messages
+    feedback: str | None
+    demo: str | None
+    negative_prompts: list[Messages]
+    temperature: float
+    aggregator: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def token_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
+    """The text each token adds to the decoded prefix. A token that ends inside a multi-byte
+    character adds "" and the token completing the character carries it, so the pieces concatenate
+    to ``decode(ids)`` exactly."""
+    pieces, prev = [], ""
+    for t in range(len(ids)):
+        cur = tokenizer.decode(list(ids[: t + 1]), skip_special_tokens=False)
+        if cur.endswith("\ufffd") and t + 1 < len(ids) and cur.startswith(prev):
+            pieces.append("")  # incomplete character: wait for the next token
+            continue
+        if not cur.startswith(prev):  # decoding is not prefix-stable here; fall back to the lone token
+            pieces.append(tokenizer.decode([ids[t]], skip_special_tokens=False))
+        else:
+            pieces.append(cur[len(prev):])
+        prev = cur
+    return pieces
+
+
+def check_ids_fit(model, tokenizer, ids: Sequence[int], what: str = "response") -> None:
+    """Token ids must exist in both the tokenizer and the model's embedding table."""
+    n_embed = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > n_embed:
+        raise UserError(f"the tokenizer has {len(tokenizer)} tokens but the model embeds only {n_embed}: "
+                        "they do not belong together (load the tokenizer saved with the model)")
+    bad = [i for i in ids if not 0 <= int(i) < len(tokenizer)]
+    if bad:
+        raise UserError(f"{what} holds token ids {bad[:5]} outside the tokenizer's vocabulary of {len(tokenizer)}: "
+                        "the ids were made with another tokenizer; use the run's model (--model)")
+
+
+def _as_messages(prompt: str | Sequence[Mapping[str, str]]) -> Messages:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [dict(m) for m in prompt]
+
+
+@torch.no_grad()
+def explain(
+    model,
+    tokenizer,
+    prompt: str | Sequence[Mapping[str, str]],
+    response: str | Sequence[int],
+    *,
+    feedback: str | None = None,
+    demo: str | None = None,
+    negatives: Sequence[str | Sequence[Mapping[str, str]]],
+    temperature: float = 1.0,
+    aggregator: str = "mean",
+    teacher_context_ids: Sequence[int] | None = None,
+    templates=None,
+    micro_batch: int | None = None,
+) -> Explanation:
+    """Per-token ΔV, S and G of ``response`` to ``prompt`` given privileged ``feedback``/``demo``.
+
+    Args:
+        prompt: a user message, or chat messages (the last one is the user's question).
+        response: text (tokenized without special tokens) or the original token ids.
+        negatives: K >= 1 other prompts; each negative context keeps ``z`` and swaps in the prompt.
+        temperature: log-probs at this temperature (that of sampling), as in training.
+        aggregator: ``mean`` or ``logmeanexp`` over negatives (``credit.signal.AGGREGATORS``).
+        teacher_context_ids: the recorded teacher context (e.g. truncated in training); default:
+            rendered from ``prompt`` and ``z``.
+    """
+    from credit.rollout import encode_prompts
+    from credit.scoring import pack, response_logprobs
+    from credit.signal import delta_v, generic_part, sequence_sum, specific_part
+    from credit.teacher.contexts import Privileged, Templates, render_context
+
+    templates = templates or Templates()
+    messages = _as_messages(prompt)
+    neg_messages = [_as_messages(p) for p in negatives]
+    z = Privileged(demo=demo, feedback=feedback if feedback and feedback.strip() else None)
+    if z.empty:
+        raise UserError("no privileged information: give feedback and/or a demo, else the teacher context "
+                        "is the student's prompt and every ΔV is 0")
+    if not neg_messages:
+        raise UserError("no negative prompts: S and G need at least one other prompt (K >= 1)")
+    ids = list(tokenizer(response, add_special_tokens=False)["input_ids"]) if isinstance(response, str) \
+        else [int(i) for i in response]
+    if not ids:
+        raise UserError("the response is empty: there is no token to explain")
+    check_ids_fit(model, tokenizer, ids)
+
+    student_ctx = encode_prompts(tokenizer, [messages])[0]
+    teacher_ctx = list(teacher_context_ids) if teacher_context_ids else render_context(tokenizer, messages, z, templates)
+    if teacher_context_ids:
+        check_ids_fit(model, tokenizer, teacher_ctx, "teacher_context_ids")
+    neg_ctx = [render_context(tokenizer, m, z, templates) for m in neg_messages]
+    contexts = [student_ctx, teacher_ctx, *neg_ctx]
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    packed = pack(contexts, [ids] * len(contexts), pad).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        logp = response_logprobs(model, packed, temperature, micro_batch=micro_batch).float().cpu()  # (2+K, T)
+    finally:
+        model.train(was_training)
+    ls, lt, ln = logp[0:1], logp[1:2], logp[2:]  # (1, T), (1, T), (K, T)
+    dv = delta_v(lt, ls)  # (1, T)
+    g = generic_part(ln.unsqueeze(0), aggregator)  # (1, T)
+    s = specific_part(lt, g)  # (1, T)
+    mask = torch.ones_like(dv)
+    sums = {name: float(sequence_sum(v, mask)[0]) for name, v in
+            (("dv", dv), ("s", s), ("g", g), ("student_logp", ls), ("teacher_logp", lt))}
+    return Explanation(
+        tokens=token_pieces(tokenizer, ids), ids=ids,
+        student_logp=ls[0].tolist(), teacher_logp=lt[0].tolist(), negative_logp=ln.tolist(),
+        dv=dv[0].tolist(), s=s[0].tolist(), g=g[0].tolist(), sums=sums,
+        prompt_messages=messages, feedback=z.feedback, demo=z.demo, negative_prompts=neg_messages,
+        temperature=float(temperature), aggregator=aggregator,
+        meta={"teacher_context_recorded": bool(teacher_context_ids), "num_negatives": len(neg_messages)},
+    )
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _hover(e: Explanation, t: int) -> str:
+    return (f"#{t}  id {e.ids[t]}  {e.tokens[t]!r}\n"
+            f"ΔV = {e.dv[t]:+.4f}   S = {e.s[t]:+.4f}   G = {e.g[t]:.4f}\n"
+            f"log π(y|x) = {e.student_logp[t]:.4f}   log π(y|c) = {e.teacher_logp[t]:.4f}")
+
+
+def token_panel(e: Explanation, values: Sequence[float]) -> str:
+    """The response with each token coloured by ``values`` (diverging scale, limit at |v|'s 98th pct)."""
+    vmax = viz.color_scale(values)
+    spans = "".join(viz.token_span(e.tokens[t], values[t], vmax, _hover(e, t)) for t in range(len(e.ids)))
+    return f'<div class="panel">{spans}</div><div class="legend">colour limit ±{vmax:.3g}</div>'
+
+
+def _messages_html(messages: Messages) -> str:
+    import html
+
+    return "".join(f"<p><b>{html.escape(m.get('role', '?'))}</b></p><pre>{html.escape(m.get('content', ''))}</pre>"
+                   for m in messages)
+
+
+def render_html(e: Explanation, png: bytes | None = None) -> str:
+    """A self-contained page: sums, prompt, z, ΔV and S side by side, G, the heat strip, negatives."""
+    import html
+
+    summary = viz.html_table(
+        ["tokens", "K", "T", "aggregator", "Σ ΔV (pMI)", "Σ S", "Σ G", "log π(y|x)", "log π(y|c)"],
+        [[len(e.ids), len(e.negative_prompts), e.temperature, e.aggregator, e.sums["dv"], e.sums["s"],
+          e.sums["g"], e.sums["student_logp"], e.sums["teacher_logp"]]], left_columns=0)
+    z = ""
+    if e.demo is not None:
+        z += f"<p><b>demo</b></p><pre>{html.escape(e.demo)}</pre>"
+    if e.feedback is not None:
+        z += f"<p><b>feedback</b></p><pre>{html.escape(e.feedback)}</pre>"
+    negs = "".join(f"<li><pre>{html.escape(m[-1].get('content', ''))}</pre></li>" for m in e.negative_prompts)
+    body = (
+        f"{summary}\n<p class=legend>Blue: the token gains credit (value &gt; 0), red: it loses credit. "
+        "Hover a token for its numbers. ΔV = log π(y|c) − log π(y|x); S = log π(y|c) − G; "
+        "G = the teacher's log-prob with the input swapped for other prompts (its input-generic part).</p>\n"
+        f"<h2>Prompt</h2>{_messages_html(e.prompt_messages)}\n<h2>Privileged information z</h2>{z}\n"
+        f'<div class="cols"><div><h2>ΔV (SDPO token reward)</h2>{token_panel(e, e.dv)}</div>'
+        f"<div><h2>S (input-specific)</h2>{token_panel(e, e.s)}</div></div>\n"
+        f"<h2>G (input-generic, centred on its mean)</h2>"
+        f"{token_panel(e, [v - sum(e.g) / len(e.g) for v in e.g])}\n"
+        + (f"<h2>Heat strip</h2>{viz.html_img(png, 'heat strip of ΔV, S, G per token')}\n" if png else "")
+        + f"<h2>Negative prompts (K = {len(e.negative_prompts)})</h2><ol>{negs}</ol>"
+    )
+    return viz.html_page("credit explain", body)
+
+
+def render_png(e: Explanation):
+    """The matplotlib heat strip: rows ΔV, S, G (one column per token)."""
+    return viz.heat_strip(e.tokens, {"ΔV": e.dv, "S": e.s, "G": e.g},
+                          title=f"Σ ΔV = {e.sums['dv']:.3f}   Σ S = {e.sums['s']:.3f}   Σ G = {e.sums['g']:.3f}")
+
+
+def write_outputs(e: Explanation, out: str | Path) -> dict[str, Path]:
+    """Write ``<out>.html``, ``<out>.png`` and ``<out>.json``; return the paths."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = {k: out.with_name(out.name + "." + k) for k in ("html", "png", "json")}
+    fig = render_png(e)
+    try:
+        png = viz.save_figure(fig, paths["png"])
+    finally:
+        viz.close(fig)
+    paths["html"].write_text(render_html(e, png), encoding="utf-8")
+    paths["json"].write_text(json.dumps(e.to_json(), indent=1, ensure_ascii=False), encoding="utf-8")
+    return paths
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def read_jsonl(path: str | Path) -> list[tuple[int, Any]]:
+    """(line number, parsed value) of each non-blank line; a bad line is a UserError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((lineno, json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+    return rows
+
+
+def _check_messages(value: Any, where: str) -> Messages:
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in value)):
+        raise UserError(f"{where}: expected chat messages (a list of {{\"role\", \"content\"}}) or a string")
+    if value[-1].get("role") != "user":
+        raise UserError(f"{where}: the last message must have role 'user'")
+    return [dict(m) for m in value]
+
+
+def read_prompts(path: str | Path) -> list[Messages]:
+    """A jsonl of prompts: each line a string, a list of messages, or an object with ``messages``,
+    ``prompt_messages`` or ``prompt``."""
+    out = []
+    for lineno, row in read_jsonl(path):
+        where = f"{path}:{lineno}"
+        if isinstance(row, dict):
+            key = next((k for k in ("messages", "prompt_messages", "prompt") if k in row), None)
+            if key is None:
+                raise UserError(f"{where}: an object needs a 'messages', 'prompt_messages' or 'prompt' field")
+            out.append(_check_messages(row[key], f"{where}: field '{key}'"))
+        else:
+            out.append(_check_messages(row, where))
+    return out
+
+
+ROLLOUT_FIELDS = {"prompt_messages": list, "response": str, "response_ids": list}
+
+
+def read_rollouts(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """The records of a run's ``rollouts.jsonl`` (the first ``limit``), validated; each gets
+    ``_where`` = ``"FILE:LINE"`` for messages."""
+    return [_validate_rollout(rec, f"{path}:{lineno}") for lineno, rec in read_jsonl(path)[:limit]]
+
+
+def read_rollout(path: str | Path, index: int) -> dict[str, Any]:
+    """Record ``index`` (0-based, in file order) of a run's ``rollouts.jsonl``, validated."""
+    rows = read_jsonl(path)
+    if not -len(rows) <= index < len(rows):
+        raise UserError(f"{path}: --index {index} is out of range; the file holds {len(rows)} rollouts")
+    lineno, rec = rows[index]
+    return _validate_rollout(rec, f"{path}:{lineno}")
+
+
+def _validate_rollout(rec: Any, where: str) -> dict[str, Any]:
+    if not isinstance(rec, dict):
+        raise UserError(f"{where}: a rollout record must be a JSON object")
+    for name, kind in ROLLOUT_FIELDS.items():
+        if not isinstance(rec.get(name), kind):
+            raise UserError(f"{where}: field '{name}' is missing or not a {kind.__name__}")
+    if not all(isinstance(i, int) for i in rec["response_ids"]):
+        raise UserError(f"{where}: field 'response_ids' must hold integers")
+    for name in ("feedback", "demo"):
+        if rec.get(name) is not None and not isinstance(rec[name], str):
+            raise UserError(f"{where}: field '{name}' must be a string or null")
+    ctx = rec.get("teacher_context_ids")
+    if ctx is not None and not (isinstance(ctx, list) and all(isinstance(i, int) for i in ctx)):
+        raise UserError(f"{where}: field 'teacher_context_ids' must be a list of integers")
+    rec = dict(rec)
+    rec["prompt_messages"] = _check_messages(rec["prompt_messages"], f"{where}: field 'prompt_messages'")
+    rec["negative_prompts"] = [_check_messages(m, f"{where}: field 'negative_prompts'")
+                               for m in rec.get("negative_prompts") or []]
+    rec["_where"] = where
+    return rec
+
+
+def check_rollout_tokenizer(tokenizer, rec: Mapping[str, Any]) -> None:
+    """The recorded ids must decode to the recorded text, else the tokenizer is not the run's."""
+    decoded = tokenizer.decode(rec["response_ids"], skip_special_tokens=True)
+    if decoded.strip() != rec["response"].strip():
+        raise UserError(
+            f"{rec.get('_where', 'rollout')}: the tokenizer does not match the run's: response_ids decode to "
+            f"{decoded[:60]!r} but the recorded response is {rec['response'][:60]!r}; pass the run's model (--model)")
+
+
+def pick_negatives(pool: Sequence[Messages], own: Messages, k: int, seed: int) -> list[Messages]:
+    """K distinct prompts from ``pool`` other than ``own`` (by last user message), drawn with ``seed``."""
+    own_text = own[-1]["content"]
+    seen, candidates = set(), []
+    for m in pool:
+        text = m[-1]["content"]
+        if text != own_text and text not in seen:
+            seen.add(text)
+            candidates.append(m)
+    if not candidates:
+        raise UserError("no negative prompt differs from the explained prompt; give other prompts (--negatives-file)")
+    return random.Random(seed).sample(candidates, min(k, len(candidates)))
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def add_common_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m-instruct",
+                   help="hub id, local folder or checkpoint, or the alias smollm2-135m-instruct (default)")
+    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default float32)")
+    p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda when available)")
+
+
+def load_model_from_args(args):
+    from credit.models import load_model
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else None)
+    return load_model(args.model, dtype=args.dtype, device=device)
+
+
+def parse_task_options(items: Sequence[str] | None) -> dict[str, Any]:
+    """``key=value`` pairs; values parsed as YAML scalars (``true``, ``3``, ``0.5``, text)."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--task-option {item!r}: expected key=value")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "explain", help="per-token ΔV, S, G of one response as HTML, PNG and JSON",
+        description="Score one response under the student prompt, the teacher context (prompt + feedback/"
+                    "demo) and K negative contexts, with the same model as a live teacher; write "
+                    "OUT.html (tokens coloured, numbers on hover), OUT.png (heat strip) and OUT.json.")
+    add_common_model_args(p)
+    src = p.add_argument_group("what to explain (either --rollout, or --prompt/--messages with --response)")
+    src.add_argument("--rollout", help="a run's rollouts.jsonl; explains record --index")
+    src.add_argument("--index", type=int, default=0, help="0-based record index in --rollout (default 0)")
+    src.add_argument("--prompt", help="the user message")
+    src.add_argument("--messages", help="chat messages as a JSON list (or a path to a .json file)")
+    src.add_argument("--response", help="the response text")
+    src.add_argument("--feedback", help="privileged feedback text (overrides the record's)")
+    src.add_argument("--demo", help="privileged demo text (overrides the record's)")
+    neg = p.add_argument_group("negatives")
+    neg.add_argument("--negatives-file", help="jsonl of prompts to draw negatives from")
+    neg.add_argument("--task", default="addition",
+                     help="else draw from this task's train split (when the record has no negative_prompts)")
+    neg.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="task constructor option")
+    neg.add_argument("-k", "--num-negatives", type=int, default=4, help="K negatives (default 4)")
+    neg.add_argument("--aggregator", default="mean", choices=["mean", "logmeanexp"], help="G over negatives")
+    neg.add_argument("--seed", type=int, default=0, help="seed for drawing negatives")
+    p.add_argument("--temperature", type=float, default=1.0, help="log-probs at this temperature (default 1.0)")
+    p.add_argument("--out", default="explain", help="output prefix: writes OUT.html, OUT.png, OUT.json")
+    p.set_defaults(func=run, command="explain")
+
+
+@viz.cli_entry
+def run(args) -> int:
+    if args.num_negatives < 1:
+        raise UserError("--num-negatives must be >= 1")
+    if args.temperature <= 0:
+        raise UserError("--temperature must be > 0")
+    teacher_ctx, negatives_from_record = None, []
+    if args.rollout:
+        rec = read_rollout(args.rollout, args.index)
+        messages, response = rec["prompt_messages"], rec["response_ids"]
+        feedback = args.feedback if args.feedback is not None else rec.get("feedback")
+        demo = args.demo if args.demo is not None else rec.get("demo")
+        if args.feedback is None and args.demo is None and isinstance(rec.get("teacher_context_ids"), list):
+            teacher_ctx = rec["teacher_context_ids"]
+        negatives_from_record = rec["negative_prompts"]
+        if not response:
+            raise UserError(f"{rec['_where']}: the response is empty: there is no token to explain")
+    else:
+        if args.messages:
+            text = Path(args.messages).read_text(encoding="utf-8") if Path(args.messages).is_file() else args.messages
+            try:
+                messages = _check_messages(json.loads(text), "--messages")
+            except json.JSONDecodeError as err:
+                raise UserError(f"--messages is not valid JSON: {err.msg}") from None
+        elif args.prompt:
+            messages = [{"role": "user", "content": args.prompt}]
+        else:
+            raise UserError("give --rollout FILE, or --prompt/--messages with --response")
+        if args.response is None or args.response == "":
+            raise UserError("the response is empty: give a non-empty --response")
+        response, feedback, demo = args.response, args.feedback, args.demo
+
+    if args.negatives_file:
+        pool = read_prompts(args.negatives_file)
+    elif negatives_from_record:
+        pool = negatives_from_record
+    else:
+        from credit.tasks import build_task
+
+        pool = [e.messages for e in build_task(args.task, **parse_task_options(args.task_option)).examples("train")]
+    negatives = pick_negatives(pool, messages, args.num_negatives, args.seed)
+
+    model, tokenizer = load_model_from_args(args)
+    if args.rollout:
+        check_rollout_tokenizer(tokenizer, rec)
+    e = explain(model, tokenizer, messages, response, feedback=feedback, demo=demo, negatives=negatives,
+                temperature=args.temperature, aggregator=args.aggregator, teacher_context_ids=teacher_ctx)
+    paths = write_outputs(e, args.out)
+    print(f"{len(e.ids)} tokens, K={len(negatives)}: Σ ΔV = {e.sums['dv']:.4f}, Σ S = {e.sums['s']:.4f}, "
+          f"Σ G = {e.sums['g']:.4f}")
+    for k, path in paths.items():
+        print(f"wrote {k}: {path}")
+    return 0

@@ -1,0 +1,366 @@
+"""Rollout sampling: ``G`` responses per prompt from the student, with transformers ``generate``.
+
+``sample(model, tokenizer, prompts, SamplingConfig(...))`` takes prompts as token-id lists (the chat
+template already applied; ``encode_prompts`` does that) and returns ``Rollouts``: per sample, its
+prompt ids, its response ids (no padding; the eos token included when it was generated), whether it
+was truncated, its text and its prompt index. Samples of one prompt are contiguous:
+``i*G .. i*G+G-1`` belong to prompt ``i``. ``Rollouts.pack`` lays them out as tensors for scoring.
+
+How this departs from a plain ``model.generate``:
+- the sampling distribution is exactly ``softmax(logits / T)`` restricted by ``top_p`` / ``top_k``
+  when asked: transformers' default ``top_k=50`` and any repetition penalty or min-p in the model's
+  ``generation_config`` are switched off, because the learner rescores the tokens at temperature T
+  and the two must agree (on-policy);
+- stop strings end a response at the token that completes them (that token is kept, the text after
+  it is not generated); they are checked while generating and the result is cut token-accurately;
+- randomness comes from ``seed``/``generator``, one derived seed per micro-batch, under
+  ``torch.random.fork_rng``: the global RNG is untouched and the same seed (with the same
+  micro-batch size) gives the same samples. Temperature 0 is greedy decoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How rollouts are sampled. Validated on creation; never mutated."""
+
+    num_samples: int = 1
+    """G: rollouts per prompt (grouped contiguously)."""
+    max_new_tokens: int = 256
+    """Response budget; a response that reaches it without eos or a stop string is ``truncated``."""
+    temperature: float = 1.0
+    """Sampling temperature T; 0 means greedy (deterministic). Log-probs are rescored at this T."""
+    top_p: float = 1.0
+    """Nucleus sampling mass in (0, 1]; 1 disables it."""
+    top_k: int = 0
+    """Keep only the k most likely tokens; 0 disables it (transformers' default 50 is not used)."""
+    stop: tuple[str, ...] = ()
+    """Stop strings: a response ends with the token that completes the first one it contains."""
+    micro_batch_size: int | None = None
+    """Sequences per ``generate`` call (memory bound); None: all at once."""
+    seed: int | None = None
+    """Seed for the sampling RNG; None: draw from ``generator`` or the global RNG."""
+    share_prefill: bool = True
+    """Run the prompt forward once per prompt (not once per sample) and copy its KV cache to the
+    G samples. Same tokens, less compute (~40% of CPU sampling time at G=8 on SmolLM2); turn it
+    off for models whose cache is not a transformers ``DynamicCache``."""
+
+    def __post_init__(self):
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1 or None, got {self.micro_batch_size}")
+        if isinstance(self.stop, str):  # a lone string would be split into characters
+            object.__setattr__(self, "stop", (self.stop,))
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass
+class PackedRollouts:
+    """Rollouts as tensors. Prompts are left-padded to width ``P``, responses right-padded to ``R``,
+    so every response starts at column ``P``: the logits that predict the response tokens are
+    ``logits[:, P-1 : P+R-1]``."""
+
+    input_ids: torch.Tensor  # (N, P+R) long, pad where attention_mask is 0
+    attention_mask: torch.Tensor  # (N, P+R) long, 1 on real prompt and response tokens
+    position_ids: torch.Tensor  # (N, P+R) long, 0 at each row's first real token (as in generate)
+    response_mask: torch.Tensor  # (N, R) float, 1 on real response tokens
+    prompt_width: int  # P
+
+    @property
+    def response_ids(self) -> torch.Tensor:
+        return self.input_ids[:, self.prompt_width:]  # (N, R)
+
+    def to(self, device) -> PackedRollouts:
+        return PackedRollouts(self.input_ids.to(device), self.attention_mask.to(device),
+                              self.position_ids.to(device), self.response_mask.to(device),
+                              self.prompt_width)
+
+
+@dataclass
+class Rollouts:
+    """Sampled responses; sample ``k`` belongs to prompt ``group[k]`` (contiguous groups of G)."""
+
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    truncated: list[bool]
+    texts: list[str]
+    group: list[int]
+    num_samples: int = 1
+    """G, the group size."""
+    seconds: float = 0.0
+    """Wall time of sampling."""
+    tokens: int = 0
+    """Response tokens produced (after cutting at stop strings)."""
+
+    def __len__(self) -> int:
+        return len(self.response_ids)
+
+    @property
+    def num_prompts(self) -> int:
+        return len(self) // self.num_samples if self.num_samples else 0
+
+    def pack(self, pad_token_id: int, *, device=None) -> PackedRollouts:
+        """Left-pad prompts and right-pad responses so all responses start at the same column."""
+        n = len(self)
+        p = max((len(x) for x in self.prompt_ids), default=0)
+        r = max((len(y) for y in self.response_ids), default=0)
+        input_ids = torch.full((n, p + r), pad_token_id, dtype=torch.long)  # (N, P+R)
+        attention_mask = torch.zeros((n, p + r), dtype=torch.long)  # (N, P+R)
+        response_mask = torch.zeros((n, r), dtype=torch.float32)  # (N, R)
+        for k, (x, y) in enumerate(zip(self.prompt_ids, self.response_ids)):
+            input_ids[k, p - len(x):p] = torch.tensor(x, dtype=torch.long)
+            input_ids[k, p:p + len(y)] = torch.tensor(y, dtype=torch.long)
+            attention_mask[k, p - len(x):p + len(y)] = 1
+            response_mask[k, :len(y)] = 1
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (N, P+R)
+        packed = PackedRollouts(input_ids, attention_mask, position_ids, response_mask, p)
+        return packed.to(device) if device is not None else packed
+
+    def metrics(self) -> dict[str, float]:
+        """``rollout/*`` and ``perf/*`` metrics (SPEC.md §1.5)."""
+        lengths = [len(y) for y in self.response_ids]
+        n = max(len(lengths), 1)
+        return {
+            "rollout/response_len_mean": sum(lengths) / n,
+            "rollout/response_len_max": float(max(lengths, default=0)),
+            "rollout/truncated_frac": sum(self.truncated) / n,
+            "rollout/samples": float(len(lengths)),
+            "perf/rollout_seconds": self.seconds,
+            "perf/rollout_tokens_per_s": self.tokens / self.seconds if self.seconds > 0 else 0.0,
+        }
+
+
+def encode_prompts(tokenizer, conversations: Sequence[Sequence[dict[str, str]]]) -> list[list[int]]:
+    """Chat template with ``add_generation_prompt=True`` for each conversation -> token-id lists.
+
+    The template is rendered to text and tokenized without adding special tokens, because the
+    template already contains them (a second bos would shift every prompt)."""
+    out = []
+    for messages in conversations:
+        text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return out
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return []
+    return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
+
+
+def _find_stop(tokenizer, ids: list[int], stop: tuple[str, ...]) -> int | None:
+    """Number of tokens up to and including the one that completes the first stop string, or None.
+
+    Binary search over prefixes: "the decoded prefix contains a stop string" is monotone in the
+    prefix length, so O(log n) decodes find the first completing token."""
+    if not stop or not ids:
+        return None
+
+    def hit(k: int) -> bool:
+        text = tokenizer.decode(ids[:k], skip_special_tokens=True)
+        return any(s in text for s in stop)
+
+    if not hit(len(ids)):
+        return None
+    lo, hi = 1, len(ids)  # hit(hi) is True
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if hit(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+class _StopStrings(StoppingCriteria):
+    """A ``generate`` stopping criterion: a row is done once the tail of its response contains a
+    stop string (decoding a short tail each step; the exact cut is made afterwards)."""
+
+    def __init__(self, tokenizer, stop: tuple[str, ...], prompt_width: int):
+        self.tokenizer, self.stop, self.prompt_width = tokenizer, stop, prompt_width
+        # a token decodes to at least one character, except specials/partial bytes: pad the window
+        self.window = max(len(s) for s in stop) + 8
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        tail = input_ids[:, self.prompt_width:][:, -self.window:].tolist()
+        texts = self.tokenizer.batch_decode(tail, skip_special_tokens=True)
+        done = [any(s in t for s in self.stop) for t in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(x) for x in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)  # (b, P)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)  # (b, P)
+    for k, x in enumerate(prompts):
+        ids[k, width - len(x):] = torch.tensor(list(x), dtype=torch.long)
+        mask[k, width - len(x):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _generate_kwargs(cfg: SamplingConfig, eos_ids: list[int], pad_id: int) -> dict:
+    # Explicit neutral values: generate fills anything left None from model.generation_config and
+    # then from global defaults (top_k=50), which would change the distribution being sampled.
+    kw = dict(
+        max_new_tokens=cfg.max_new_tokens, use_cache=True, num_beams=1, num_return_sequences=1,
+        eos_token_id=eos_ids or None, pad_token_id=pad_id,
+        repetition_penalty=1.0, no_repeat_ngram_size=0, typical_p=1.0, min_length=0,
+        epsilon_cutoff=0.0, eta_cutoff=0.0,
+    )
+    if cfg.greedy:  # no warpers run without sampling: nothing else to neutralize
+        kw.update(do_sample=False)
+    else:
+        kw.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                  min_p=0.0)
+    return kw
+
+
+@functools.cache
+def _cache_kwarg() -> str:
+    """transformers renamed ``past_key_values`` to ``cache`` (5.2x; the old name warns, then goes)."""
+    from transformers import LlamaForCausalLM
+
+    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
+def _shared_prefill(model, ids: torch.Tensor, mask: torch.Tensor):
+    """KV cache of ``ids[:, :-1]`` computed once per distinct row, then copied to every row.
+
+    ``generate`` then only runs the last prompt token: with a cache of length P-1 it feeds
+    ``ids[:, P-1:]``. Rows of one prompt are identical (same left padding), hence one forward each."""
+    from transformers import DynamicCache
+
+    rows = [tuple(r) for r in ids.tolist()]
+    first: dict[tuple, int] = {}
+    index = [first.setdefault(r, len(first)) for r in rows]  # row -> its distinct prompt
+    uniq = list(first.values())
+    if len(uniq) == len(rows) or ids.shape[1] < 2:
+        return None  # nothing shared: let generate prefill
+    pick = torch.tensor([rows.index(r) for r in first], device=ids.device)  # a row per distinct prompt
+    u_ids, u_mask = ids[pick, :-1], mask[pick, :-1]  # (u, P-1)
+    cache = DynamicCache(config=model.config)
+    model(input_ids=u_ids, attention_mask=u_mask, position_ids=(u_mask.cumsum(-1) - 1).clamp(min=0),
+          use_cache=True, **{_cache_kwarg(): cache})
+    cache.batch_select_indices(torch.tensor(index, device=ids.device))
+    return cache
+
+
+@torch.no_grad()
+def _generate_chunk(model, tokenizer, prompts, cfg, eos_ids, pad_id, device):
+    ids, mask = _left_pad(prompts, pad_id, device)  # (b, P), (b, P)
+    kw = _generate_kwargs(cfg, eos_ids, pad_id)
+    if cfg.share_prefill and cfg.num_samples > 1:
+        cache = _shared_prefill(model, ids, mask)
+        if cache is not None:
+            kw[_cache_kwarg()] = cache
+    if cfg.stop:
+        kw["stopping_criteria"] = StoppingCriteriaList([_StopStrings(tokenizer, cfg.stop, ids.shape[1])])
+    out = model.generate(input_ids=ids, attention_mask=mask, **kw)  # (b, P+T)
+    return out[:, ids.shape[1]:].tolist()  # (b, T), T <= max_new_tokens
+
+
+def _cut(tokenizer, ids: list[int], cfg: SamplingConfig, eos: set[int]) -> tuple[list[int], bool]:
+    """Cut one raw generated row at eos (kept) or at a stop string (completing token kept)."""
+    end = next((k + 1 for k, t in enumerate(ids) if t in eos), None)
+    stop_end = _find_stop(tokenizer, ids[:end] if end is not None else ids, cfg.stop)
+    if stop_end is not None:
+        return ids[:stop_end], False
+    if end is not None:
+        return ids[:end], False
+    return ids, len(ids) >= cfg.max_new_tokens
+
+
+def sample(
+    model,
+    tokenizer,
+    prompts: Sequence[Sequence[int]],
+    config: SamplingConfig | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    **overrides,
+) -> Rollouts:
+    """Sample ``config.num_samples`` responses per prompt.
+
+    Args:
+        model: a causal LM (transformers or peft); switched to eval for sampling, mode restored.
+        tokenizer: decodes responses and stop strings; its pad id (else eos) pads prompts.
+        prompts: token-id lists, chat template applied (see ``encode_prompts``).
+        config: ``SamplingConfig``; ``overrides`` replace its fields (``sample(..., temperature=0)``).
+        generator: a CPU ``torch.Generator`` to draw the per-micro-batch seeds from, when
+            ``config.seed`` is None. With neither, the global RNG is used (and advanced).
+    """
+    cfg = dataclasses.replace(config or SamplingConfig(), **overrides)
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("sample() needs at least one prompt, and every prompt needs >= 1 token")
+    eos_ids = _eos_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids or [0])[0]
+    device = next(model.parameters()).device
+    g = cfg.num_samples
+    expanded = [list(p) for p in prompts for _ in range(g)]  # sample i*G+j <- prompt i
+    mb = cfg.micro_batch_size or len(expanded)
+    if cfg.seed is not None:
+        generator = torch.Generator().manual_seed(cfg.seed)
+    rng_devices = [device] if device.type == "cuda" else []
+
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    raw: list[list[int]] = []
+    try:
+        for start in range(0, len(expanded), mb):
+            chunk = expanded[start:start + mb]
+            if generator is None:
+                raw += _generate_chunk(model, tokenizer, chunk, cfg, eos_ids, pad_id, device)
+                continue
+            seed = int(torch.randint(0, 2**62, (), generator=generator))
+            with torch.random.fork_rng(devices=rng_devices):
+                torch.manual_seed(seed)
+                raw += _generate_chunk(model, tokenizer, chunk, cfg, eos_ids, pad_id, device)
+    finally:
+        model.train(was_training)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+
+    eos = set(eos_ids)
+    cut = [_cut(tokenizer, row, cfg, eos) for row in raw]
+    responses = [ids for ids, _ in cut]
+    return Rollouts(
+        prompt_ids=expanded,
+        response_ids=responses,
+        truncated=[t for _, t in cut],
+        texts=tokenizer.batch_decode(responses, skip_special_tokens=True),
+        group=[k // g for k in range(len(expanded))],
+        num_samples=g,
+        seconds=seconds,
+        tokens=sum(len(y) for y in responses),
+    )

@@ -1,0 +1,154 @@
+"""Rollout sampling on the tiny random Llama: grouping, packing, eos, stop strings, truncation,
+determinism (seed, generator, temperature 0), and train/eval mode handling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from credit.rollout import Rollouts, SamplingConfig, _find_stop, encode_prompts, sample
+
+CHATS = [
+    [{"role": "user", "content": "What is 2 + 3?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a color of the sky at noon."}],
+]
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_tokenizer):
+    return encode_prompts(tiny_tokenizer, CHATS)
+
+
+def test_encode_prompts_applies_template_once(tiny_tokenizer, prompts):
+    tok = tiny_tokenizer
+    text = tok.apply_chat_template(CHATS[0], add_generation_prompt=True, tokenize=False)
+    assert tok.decode(prompts[0]) == text
+    assert text.endswith("<|im_start|>assistant\n")
+    assert prompts[0].count(tok.convert_tokens_to_ids("<|im_start|>")) == 3  # system, user, assistant
+    assert len(prompts[0]) != len(prompts[1])  # the tests below need ragged prompts
+
+
+def test_groups_are_contiguous_and_shapes(tiny_model_and_tokenizer, prompts):
+    model, tok = tiny_model_and_tokenizer
+    out = sample(model, tok, prompts, num_samples=3, max_new_tokens=5, temperature=1.0, seed=0,
+                 micro_batch_size=4)
+    assert isinstance(out, Rollouts) and len(out) == 6 and out.num_prompts == 2
+    assert out.group == [0, 0, 0, 1, 1, 1]
+    assert out.prompt_ids == [prompts[0]] * 3 + [prompts[1]] * 3
+    assert all(1 <= len(y) <= 5 for y in out.response_ids)
+    assert out.tokens == sum(len(y) for y in out.response_ids) and out.seconds > 0
+    assert out.texts == tok.batch_decode(out.response_ids, skip_special_tokens=True)
+    m = out.metrics()
+    assert m["rollout/samples"] == 6 and m["perf/rollout_tokens_per_s"] > 0
+
+
+def test_pack_aligns_responses_and_matches_greedy_logits(tiny_model_and_tokenizer, prompts):
+    model, tok = tiny_model_and_tokenizer
+    out = sample(model, tok, prompts, num_samples=2, max_new_tokens=6, temperature=0)
+    # make the responses ragged so the right padding is exercised too
+    out.response_ids[1] = out.response_ids[1][:3]
+    b = out.pack(tok.pad_token_id)
+    p, r = b.prompt_width, b.response_mask.shape[1]
+    assert p == max(len(x) for x in prompts) and r == 6
+    assert b.input_ids.shape == b.attention_mask.shape == b.position_ids.shape == (4, p + r)
+    for k, (x, y) in enumerate(zip(out.prompt_ids, out.response_ids)):
+        assert b.input_ids[k, p - len(x):p].tolist() == x
+        assert b.response_ids[k, :len(y)].tolist() == y
+        assert b.attention_mask[k].sum() == len(x) + len(y)
+        assert b.response_mask[k].sum() == len(y)
+        assert b.position_ids[k, p - len(x)] == 0 and b.position_ids[k, p + len(y) - 1] == len(x) + len(y) - 1
+    # the packed layout scores what generate sampled: greedy tokens are the argmax at the same place
+    with torch.no_grad():
+        logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                       position_ids=b.position_ids).logits  # (N, P+R, V)
+    pred = logits[:, p - 1:p + r - 1].argmax(-1)  # (N, R)
+    mask = b.response_mask.bool()
+    assert torch.equal(pred[mask], b.response_ids[mask])
+
+
+def test_eos_ends_response_and_is_kept(fresh_tiny_model, tiny_tokenizer, prompts):
+    model, tok = fresh_tiny_model, tiny_tokenizer
+    # same seed => same draws, so the rerun follows the first run until the token we make eos
+    ids = sample(model, tok, prompts[:1], seed=3, max_new_tokens=6).response_ids[0]
+    k = next(k for k in range(1, len(ids)) if ids[k] not in ids[:k])  # first new token after the 1st
+    model.generation_config.eos_token_id = ids[k]  # pretend that token is the model's eos
+    out = sample(model, tok, prompts[:1], seed=3, max_new_tokens=6)
+    assert out.response_ids[0] == ids[:k + 1]
+    assert out.truncated == [False]
+
+
+def test_truncated_flag(tiny_model_and_tokenizer, prompts):
+    model, tok = tiny_model_and_tokenizer
+    out = sample(model, tok, prompts, num_samples=4, max_new_tokens=3, seed=1)
+    for y, t in zip(out.response_ids, out.truncated):
+        assert t == (len(y) == 3 and tok.eos_token_id not in y)
+    assert any(out.truncated)  # a random model over 49k tokens almost never says eos in 3 tokens
+
+
+def test_stop_string_cuts_at_completing_token(tiny_model_and_tokenizer, prompts):
+    model, tok = tiny_model_and_tokenizer
+    ids = sample(model, tok, prompts[:1], seed=5, max_new_tokens=8).response_ids[0]
+    # a stop string completed by token k: the last 2 characters of the first k tokens' text
+    k = next(k for k in range(2, 8)
+             if len(tok.decode(ids[:k])) >= 2 and tok.decode(ids[:k])[-2:] not in tok.decode(ids[:k - 1]))
+    stop = tok.decode(ids[:k])[-2:]
+    out = sample(model, tok, prompts[:1], seed=5, max_new_tokens=8, stop=(stop, "never-seen-xyz"))
+    assert out.response_ids[0] == ids[:k]
+    assert out.truncated == [False]
+    assert stop in out.texts[0]
+
+
+def test_find_stop_is_token_accurate(tiny_tokenizer):
+    tok = tiny_tokenizer
+    ids = tok("The answer is 42.\nDone here", add_special_tokens=False)["input_ids"]
+    n = _find_stop(tok, ids, ("\n",))
+    assert "\n" in tok.decode(ids[:n]) and "\n" not in tok.decode(ids[:n - 1])
+    assert _find_stop(tok, ids, ("zzz",)) is None
+    assert _find_stop(tok, ids, ("Done", "42")) == _find_stop(tok, ids, ("42",))  # the earliest wins
+
+
+def test_same_seed_same_samples(tiny_model_and_tokenizer, prompts):
+    model, tok = tiny_model_and_tokenizer
+    cfg = SamplingConfig(num_samples=3, max_new_tokens=6, temperature=1.0, seed=7, micro_batch_size=4)
+    state = torch.get_rng_state()
+    a, b = sample(model, tok, prompts, cfg), sample(model, tok, prompts, cfg)
+    c = sample(model, tok, prompts, cfg, seed=8)
+    g = sample(model, tok, prompts, cfg, seed=None, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG was not touched
+    assert a.response_ids == b.response_ids == g.response_ids
+    assert a.response_ids != c.response_ids
+    assert len({tuple(y) for y in a.response_ids}) > 1  # samples of one prompt differ from each other
+
+
+def test_temperature_zero_is_deterministic_and_batch_independent(tiny_model_and_tokenizer, prompts):
+    model, tok = tiny_model_and_tokenizer
+    a = sample(model, tok, prompts, num_samples=2, max_new_tokens=6, temperature=0)
+    b = sample(model, tok, prompts, num_samples=2, max_new_tokens=6, temperature=0, micro_batch_size=1)
+    assert a.response_ids == b.response_ids  # left padding changes nothing
+    assert a.response_ids[0] == a.response_ids[1] and a.response_ids[2] == a.response_ids[3]
+
+
+def test_restores_train_mode(fresh_tiny_model, tiny_tokenizer, prompts):
+    fresh_tiny_model.train()
+    sample(fresh_tiny_model, tiny_tokenizer, prompts[:1], max_new_tokens=2, seed=0)
+    assert fresh_tiny_model.training
+    fresh_tiny_model.eval()
+    sample(fresh_tiny_model, tiny_tokenizer, prompts[:1], max_new_tokens=2, seed=0)
+    assert not fresh_tiny_model.training
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(num_samples=0), "num_samples"), (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(temperature=-1), "temperature"), (dict(top_p=0), "top_p"), (dict(top_k=-1), "top_k"),
+    (dict(micro_batch_size=0), "micro_batch_size"), (dict(stop=("",)), "stop"),
+])
+def test_config_validation(bad, match):
+    with pytest.raises(ValueError, match=match):
+        SamplingConfig(**bad)
+
+
+def test_config_single_stop_string_and_empty_prompt(tiny_model_and_tokenizer):
+    assert SamplingConfig(stop="\n").stop == ("\n",)
+    model, tok = tiny_model_and_tokenizer
+    with pytest.raises(ValueError, match="prompt"):
+        sample(model, tok, [[]])
