@@ -48,7 +48,8 @@ def test_pack_aligns_responses_and_matches_greedy_logits(tiny_model_and_tokenize
     # make the responses ragged so the right padding is exercised too
     out.response_ids[1] = out.response_ids[1][:3]
     b = out.pack(tok.pad_token_id)
-    p, r = b.prompt_width, b.response_mask.shape[1]
+    r = b.response_mask.shape[1]
+    p = b.input_ids.shape[1] - r  # prompt width: every response starts at column p
     assert p == max(len(x) for x in prompts) and r == 6
     assert b.input_ids.shape == b.attention_mask.shape == b.position_ids.shape == (4, p + r)
     for k, (x, y) in enumerate(zip(out.prompt_ids, out.response_ids)):
@@ -75,6 +76,8 @@ def test_eos_ends_response_and_is_kept(fresh_tiny_model, tiny_tokenizer, prompts
     out = sample(model, tok, prompts[:1], seed=3, max_new_tokens=6)
     assert out.response_ids[0] == ids[:k + 1]
     assert out.truncated == [False]
+    forced = sample(model, tok, prompts[:1], seed=3, max_new_tokens=6, min_new_tokens=6)
+    assert len(forced.response_ids[0]) == 6 and ids[k] not in forced.response_ids[0][:5]
 
 
 def test_truncated_flag(tiny_model_and_tokenizer, prompts):
@@ -141,6 +144,7 @@ def test_restores_train_mode(fresh_tiny_model, tiny_tokenizer, prompts):
     (dict(num_samples=0), "num_samples"), (dict(max_new_tokens=0), "max_new_tokens"),
     (dict(temperature=-1), "temperature"), (dict(top_p=0), "top_p"), (dict(top_k=-1), "top_k"),
     (dict(micro_batch_size=0), "micro_batch_size"), (dict(stop=("",)), "stop"),
+    (dict(min_new_tokens=5, max_new_tokens=4), "min_new_tokens"),
 ])
 def test_config_validation(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -152,3 +156,12 @@ def test_config_single_stop_string_and_empty_prompt(tiny_model_and_tokenizer):
     model, tok = tiny_model_and_tokenizer
     with pytest.raises(ValueError, match="prompt"):
         sample(model, tok, [[]])
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=0), dict(seed=3), dict(seed=4, top_p=0.9, micro_batch_size=4)])
+def test_shared_prefill_gives_the_same_samples(tiny_model_and_tokenizer, prompts, kw):
+    # the prompt forward once per prompt, its KV cache copied to the G samples: an optimization only
+    model, tok = tiny_model_and_tokenizer
+    a = sample(model, tok, prompts, num_samples=3, max_new_tokens=6, share_prefill=True, **kw)
+    b = sample(model, tok, prompts, num_samples=3, max_new_tokens=6, share_prefill=False, **kw)
+    assert a.response_ids == b.response_ids

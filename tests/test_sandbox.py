@@ -265,7 +265,8 @@ def test_signal_to_own_process_group_spares_parent(sandbox):
 def test_run_many_keeps_order_and_runs_in_parallel():
     with Sandbox(Limits(timeout_s=5.0), workers=2) as sb:
         start = time.monotonic()
-        results = sb.run_many([Job("import time, sys\ntime.sleep(0.5)\nprint(input())", stdin=f"{i}\n") for i in range(4)])
+        jobs = [Job("import time\ntime.sleep(0.5)\nprint(input())", stdin=f"{i}\n") for i in range(4)]
+        results = sb.run_many(jobs)
         elapsed = time.monotonic() - start
     assert [r.stdout.strip() for r in results] == ["0", "1", "2", "3"]
     assert elapsed < 4 * 0.5 + 1.0  # two at a time: ~1 s, sequential would be 2 s plus start-up

@@ -148,9 +148,11 @@ def explain(
     check_ids_fit(model, tokenizer, ids)
 
     student_ctx = encode_prompts(tokenizer, [messages])[0]
-    teacher_ctx = list(teacher_context_ids) if teacher_context_ids else render_context(tokenizer, messages, z, templates)
     if teacher_context_ids:
+        teacher_ctx = list(teacher_context_ids)
         check_ids_fit(model, tokenizer, teacher_ctx, "teacher_context_ids")
+    else:
+        teacher_ctx = render_context(tokenizer, messages, z, templates)
     neg_ctx = [render_context(tokenizer, m, z, templates) for m in neg_messages]
     contexts = [student_ctx, teacher_ctx, *neg_ctx]
 

@@ -266,7 +266,8 @@ def print_table(result: dict[str, Any]) -> None:
     for i in result["items"]:
         name = str(i.get("example", i.get("where", "")))
         if "skipped" in i:
-            table.add_row(name, str(i.get("tokens", "")), viz.format_number(i.get("reward", "")), f"skipped: {i['skipped']}")
+            table.add_row(name, str(i.get("tokens", "")), viz.format_number(i.get("reward", "")),
+                          "skipped", *["-"] * 4)  # the reason is in the JSON ("skipped")
             continue
         p = f"{math.exp(i['log_p_z_given_x']):.3f}" if "log_p_z_given_x" in i else "-"
         e = f"{i['empirical_pmi']:.3f}" if "empirical_pmi" in i else "-"

@@ -4,7 +4,8 @@
 template already applied; ``encode_prompts`` does that) and returns ``Rollouts``: per sample, its
 prompt ids, its response ids (no padding; the eos token included when it was generated), whether it
 was truncated, its text and its prompt index. Samples of one prompt are contiguous:
-``i*G .. i*G+G-1`` belong to prompt ``i``. ``Rollouts.pack`` lays them out as tensors for scoring.
+``i*G .. i*G+G-1`` belong to prompt ``i``. ``Rollouts.pack`` lays them out as tensors for scoring
+(``credit.scoring.pack``).
 
 How this departs from a plain ``model.generate``:
 - the sampling distribution is exactly ``softmax(logits / T)`` restricted by ``top_p`` / ``top_k``
@@ -39,6 +40,8 @@ class SamplingConfig:
     """G: rollouts per prompt (grouped contiguously)."""
     max_new_tokens: int = 256
     """Response budget; a response that reaches it without eos or a stop string is ``truncated``."""
+    min_new_tokens: int = 0
+    """Suppress eos until this many tokens (benchmarks use ``= max_new_tokens`` for fixed lengths)."""
     temperature: float = 1.0
     """Sampling temperature T; 0 means greedy (deterministic). Log-probs are rescored at this T."""
     top_p: float = 1.0
@@ -61,6 +64,9 @@ class SamplingConfig:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens={self.max_new_tokens}], "
+                             f"got {self.min_new_tokens}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -78,28 +84,6 @@ class SamplingConfig:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
-
-
-@dataclass
-class PackedRollouts:
-    """Rollouts as tensors. Prompts are left-padded to width ``P``, responses right-padded to ``R``,
-    so every response starts at column ``P``: the logits that predict the response tokens are
-    ``logits[:, P-1 : P+R-1]``."""
-
-    input_ids: torch.Tensor  # (N, P+R) long, pad where attention_mask is 0
-    attention_mask: torch.Tensor  # (N, P+R) long, 1 on real prompt and response tokens
-    position_ids: torch.Tensor  # (N, P+R) long, 0 at each row's first real token (as in generate)
-    response_mask: torch.Tensor  # (N, R) float, 1 on real response tokens
-    prompt_width: int  # P
-
-    @property
-    def response_ids(self) -> torch.Tensor:
-        return self.input_ids[:, self.prompt_width:]  # (N, R)
-
-    def to(self, device) -> PackedRollouts:
-        return PackedRollouts(self.input_ids.to(device), self.attention_mask.to(device),
-                              self.position_ids.to(device), self.response_mask.to(device),
-                              self.prompt_width)
 
 
 @dataclass
@@ -125,21 +109,17 @@ class Rollouts:
     def num_prompts(self) -> int:
         return len(self) // self.num_samples if self.num_samples else 0
 
-    def pack(self, pad_token_id: int, *, device=None) -> PackedRollouts:
-        """Left-pad prompts and right-pad responses so all responses start at the same column."""
-        n = len(self)
-        p = max((len(x) for x in self.prompt_ids), default=0)
-        r = max((len(y) for y in self.response_ids), default=0)
-        input_ids = torch.full((n, p + r), pad_token_id, dtype=torch.long)  # (N, P+R)
-        attention_mask = torch.zeros((n, p + r), dtype=torch.long)  # (N, P+R)
-        response_mask = torch.zeros((n, r), dtype=torch.float32)  # (N, R)
-        for k, (x, y) in enumerate(zip(self.prompt_ids, self.response_ids)):
-            input_ids[k, p - len(x):p] = torch.tensor(x, dtype=torch.long)
-            input_ids[k, p:p + len(y)] = torch.tensor(y, dtype=torch.long)
-            attention_mask[k, p - len(x):p + len(y)] = 1
-            response_mask[k, :len(y)] = 1
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (N, P+R)
-        packed = PackedRollouts(input_ids, attention_mask, position_ids, response_mask, p)
+    def pack(self, pad_token_id: int, *, response_len: int | None = None, device=None):
+        """Tensors for scoring, via ``credit.scoring.pack`` (the one packer of the library): prompts
+        left-padded to a common width ``P``, responses right-padded to ``R``, so every response
+        starts at column ``P`` and ``logits[:, P-1 : P+R-1]`` predict the response tokens.
+
+        Returns ``credit.scoring.Packed``: input_ids, attention_mask, position_ids ``(N, P+R)``;
+        response_ids, response_mask ``(N, R)``; position ids restart at 0 on each row's first real
+        token, as in ``generate``."""
+        from credit.scoring import pack
+
+        packed = pack(self.prompt_ids, self.response_ids, pad_token_id, response_len)
         return packed.to(device) if device is not None else packed
 
     def metrics(self) -> dict[str, float]:
@@ -233,7 +213,7 @@ def _generate_kwargs(cfg: SamplingConfig, eos_ids: list[int], pad_id: int) -> di
     kw = dict(
         max_new_tokens=cfg.max_new_tokens, use_cache=True, num_beams=1, num_return_sequences=1,
         eos_token_id=eos_ids or None, pad_token_id=pad_id,
-        repetition_penalty=1.0, no_repeat_ngram_size=0, typical_p=1.0, min_length=0,
+        repetition_penalty=1.0, no_repeat_ngram_size=0, typical_p=1.0, min_new_tokens=cfg.min_new_tokens,
         epsilon_cutoff=0.0, eta_cutoff=0.0,
     )
     if cfg.greedy:  # no warpers run without sampling: nothing else to neutralize
@@ -259,13 +239,14 @@ def _shared_prefill(model, ids: torch.Tensor, mask: torch.Tensor):
     ``ids[:, P-1:]``. Rows of one prompt are identical (same left padding), hence one forward each."""
     from transformers import DynamicCache
 
-    rows = [tuple(r) for r in ids.tolist()]
-    first: dict[tuple, int] = {}
-    index = [first.setdefault(r, len(first)) for r in rows]  # row -> its distinct prompt
-    uniq = list(first.values())
-    if len(uniq) == len(rows) or ids.shape[1] < 2:
+    distinct: dict[tuple[int, ...], int] = {}  # prompt -> its first row
+    for k, row in enumerate(ids.tolist()):
+        distinct.setdefault(tuple(row), k)
+    if len(distinct) == ids.shape[0] or ids.shape[1] < 2:
         return None  # nothing shared: let generate prefill
-    pick = torch.tensor([rows.index(r) for r in first], device=ids.device)  # a row per distinct prompt
+    order = {row: j for j, row in enumerate(distinct)}
+    index = [order[tuple(row)] for row in ids.tolist()]  # row -> its distinct prompt
+    pick = torch.tensor(list(distinct.values()), device=ids.device)  # (u,) a row per distinct prompt
     u_ids, u_mask = ids[pick, :-1], mask[pick, :-1]  # (u, P-1)
     cache = DynamicCache(config=model.config)
     model(input_ids=u_ids, attention_mask=u_mask, position_ids=(u_mask.cumsum(-1) - 1).clamp(min=0),

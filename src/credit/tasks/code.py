@@ -31,6 +31,7 @@ import os
 import pickle
 import random
 import re
+import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,10 +69,17 @@ def _clip(text: str, limit: int = _FIELD_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 15] + "\n... (truncated)"
 
 
-def _tail(text: str, limit: int = _FIELD_CHARS * 2) -> str:
-    """The end of a trace: the exception is at the bottom."""
-    text = text.strip("\n")
-    return text if len(text) <= limit else "(truncated) ...\n" + text[-(limit - 18):]
+def _trace(stderr: str, limit: int = _FIELD_CHARS * 2) -> str:
+    """The end of a traceback, which holds the exception: long lines are cut (a huge exception
+    message must not push the exception type out), then the last lines that fit are kept."""
+    lines = [ln if len(ln) <= 200 else ln[:185] + " ...(cut)" for ln in stderr.strip("\n").splitlines()]
+    kept: list[str] = []
+    for line in reversed(lines):
+        if sum(len(k) + 1 for k in kept) + len(line) > limit:
+            kept.append("(earlier lines cut) ...")
+            break
+        kept.append(line)
+    return "\n".join(reversed(kept))
 
 
 # -- comparing outputs --------------------------------------------------------------------------
@@ -151,19 +159,19 @@ def _judge(case: TestCase, run: RunResult) -> _Verdict:
     if run.status == "timeout":
         return _Verdict(False, "timeout", case)
     if run.status == "oom":
-        return _Verdict(False, "error", case, trace=_tail(run.stderr) or "MemoryError: memory limit exceeded")
+        return _Verdict(False, "error", case, trace=_trace(run.stderr) or "MemoryError: memory limit exceeded")
     if run.status == "killed":
         why = "output limit exceeded" if run.output_truncated else f"killed by signal {-(run.returncode or 0)}"
-        return _Verdict(False, "error", case, trace=(_tail(run.stderr) + "\n" + why).strip())
+        return _Verdict(False, "error", case, trace=(_trace(run.stderr) + "\n" + why).strip())
     if case.kind == "humaneval":
         if run.status == "ok":
             return _Verdict(True, "pass", case)
         # a failed assertion inside check() is a wrong answer; anything else a runtime error
         last = run.stderr.strip().splitlines()[-1:] or [""]
         kind = "wrong" if last[0].startswith("AssertionError") else "error"
-        return _Verdict(False, kind, case, trace=_tail(run.stderr))
+        return _Verdict(False, kind, case, trace=_trace(run.stderr))
     if run.status != "ok":
-        return _Verdict(False, "error", case, got=run.stdout, trace=_tail(run.stderr))
+        return _Verdict(False, "error", case, got=run.stdout, trace=_trace(run.stderr))
     if case.kind == "stdin":
         ok = stdout_matches(run.stdout, case.output)
         return _Verdict(ok, "pass" if ok else "wrong", case, got=run.stdout)
@@ -282,22 +290,25 @@ class _CodeTask(BaseTask):
         for ex, (code, _) in zip(examples, parsed, strict=True):
             cases = [TestCase(**c) for c in ex.meta["tests"]] if code is not None else []
             plans.append([(c, _program(code, ex.meta, c)) for c in cases])
-        # Submit everything, then walk results; a response's first timeout cancels its other cases.
-        futures = [[self.sandbox.submit(job) for _, job in plan] for plan in plans]
+        # Submit everything; a response's first timeout cancels its cases not yet started (the done
+        # callback runs in the worker before it takes the next job).
+        futures = []
+        for plan in plans:
+            cancel = threading.Event()
+            futs = [self.sandbox.submit(job, cancel) for _, job in plan]
+            for fut in futs:
+                fut.add_done_callback(lambda f, c=cancel: f.result() and f.result().status == "timeout" and c.set())
+            futures.append(futs)
         outcomes = []
         for (code, format_feedback), plan, futs in zip(parsed, plans, futures, strict=True):
             if code is None:
                 info = {"fraction_passed": 0.0, "passed": 0, "total": 0, "format_ok": False}
                 outcomes.append(Outcome(0.0, format_feedback, info))
                 continue
-            verdicts, stop = [], False
+            verdicts = []
             for (case, _), fut in zip(plan, futs, strict=True):
-                if stop and fut.cancel():
-                    verdicts.append(_Verdict(False, "skipped", case))
-                    continue
-                v = _judge(case, fut.result())
-                stop = stop or v.kind == "timeout"
-                verdicts.append(v)
+                run = fut.result()
+                verdicts.append(_Verdict(False, "skipped", case) if run is None else _judge(case, run))
             passed = sum(v.passed for v in verdicts)
             total = len(verdicts)
             info = {
@@ -327,8 +338,12 @@ def _read_jsonl(path: str) -> list[tuple[int, dict[str, Any]]]:
         raise DataError(path, None, None, "file not found") from None
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(path, None, None, f"cannot read the file: {e}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(path, raw[: e.start].count(b"\n") + 1, None, f"not valid UTF-8 (byte {e.start})") from None
     rows = []
-    for lineno, line in enumerate(io.StringIO(raw.decode("utf-8", errors="replace")), start=1):
+    for lineno, line in enumerate(io.StringIO(text), start=1):
         if not line.strip():
             continue
         try:

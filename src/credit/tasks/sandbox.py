@@ -197,7 +197,8 @@ if pid == 0:
                 pass
         lim = cfg["limits"]
         for res, value in ((resource.RLIMIT_CPU, lim["cpu_s"]), (resource.RLIMIT_AS, lim["memory_bytes"]),
-                           (resource.RLIMIT_NPROC, lim["max_processes"]), (resource.RLIMIT_FSIZE, lim["file_size_bytes"]),
+                           (resource.RLIMIT_NPROC, lim["max_processes"]),
+                           (resource.RLIMIT_FSIZE, lim["file_size_bytes"]),
                            (resource.RLIMIT_NOFILE, lim["open_files"]), (resource.RLIMIT_CORE, 0)):
             # CPU: soft limit sends SIGXCPU, the hard limit one second later SIGKILL
             resource.setrlimit(res, (value, value + 1 if res == resource.RLIMIT_CPU else value))
@@ -487,12 +488,18 @@ class Sandbox:
 
     # -- many runs ---------------------------------------------------------------------------
 
-    def submit(self, job: Job):
-        """Schedule one job on the shared pool; returns a ``Future[RunResult]``."""
+    def submit(self, job: Job, cancel: threading.Event | None = None):
+        """Schedule one job on the shared pool; returns a ``Future[RunResult | None]`` (``None``:
+        ``cancel`` was set before the job started)."""
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="sandbox")
-        return self._pool.submit(self.run, job.code, job.stdin, job.files)
+        return self._pool.submit(self._run_unless, job, cancel)
+
+    def _run_unless(self, job: Job, cancel: threading.Event | None) -> RunResult | None:
+        if cancel is not None and cancel.is_set():
+            return None
+        return self.run(job.code, job.stdin, job.files)
 
     def run_many(self, jobs: Sequence[Job]) -> list[RunResult]:
         """Run every job, at most ``workers`` at a time; results in the order of ``jobs``."""
