@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import random
@@ -342,7 +343,7 @@ class Bench:
         out["peak_mem_bytes"] = mem.peak
         return out
 
-    def run(self, repeats: int = 3, warmup: int = 1, log=print) -> dict:
+    def run(self, repeats: int = 3, warmup: int = 1, log=functools.partial(print, flush=True)) -> dict:
         runs: dict[str, list[dict]] = {m.label: [] for m in self.methods}
         for r in range(warmup + repeats):
             for m in self.methods:  # interleaved: A B C … A B C …

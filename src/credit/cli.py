@@ -17,7 +17,10 @@ def _train(args) -> int:
     if args.help_config:
         print(describe())
         return 0
-    cfg = load_config(args.config, args.overrides)  # validated before any model loads
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not os.path.exists(config):  # no file, only overrides
+        config, overrides = None, [config, *overrides]
+    cfg = load_config(config, overrides)  # validated before any model loads
     from credit.train import train
 
     summary = train(cfg, resume=args.resume)

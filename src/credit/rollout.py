@@ -12,11 +12,14 @@ How this departs from a plain ``model.generate``:
   when asked: transformers' default ``top_k=50`` and any repetition penalty or min-p in the model's
   ``generation_config`` are switched off, because the learner rescores the tokens at temperature T
   and the two must agree (on-policy);
-- stop strings end a response at the token that completes them (that token is kept, the text after
-  it is not generated); they are checked while generating and the result is cut token-accurately;
+- stop strings end a response at the token that completes them (that token is kept, nothing after
+  it; its text may run a few characters past the stop string); checked while generating, then the
+  result is cut token-accurately;
 - randomness comes from ``seed``/``generator``, one derived seed per micro-batch, under
   ``torch.random.fork_rng``: the global RNG is untouched and the same seed (with the same
-  micro-batch size) gives the same samples. Temperature 0 is greedy decoding.
+  micro-batch size) gives the same samples. Temperature 0 is greedy decoding;
+- the prompt forward (prefill) runs once per distinct prompt of a micro-batch and its KV cache is
+  copied to the G samples (``share_prefill``): identical tokens, ~G x less prefill compute.
 """
 
 from __future__ import annotations

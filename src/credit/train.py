@@ -255,9 +255,10 @@ class Trainer:
         t1 = time.perf_counter()
         outcomes = self.task.score_batch([examples[g] for g in groups], rollouts.texts)
         rewards = torch.tensor([o.reward for o in outcomes], dtype=torch.float32)
-        metrics["task/reward_mean"] = rewards.mean().item()
-        metrics["task/success_fraction"] = (rewards >= cfg.teacher.success_threshold).float().mean().item()
-        metrics["task/feedback_fraction"] = sum(bool(o.feedback.strip()) for o in outcomes) / len(outcomes)
+        feedback = torch.tensor([bool(o.feedback.strip()) for o in outcomes], dtype=torch.float32)
+        task_means = reduce(torch.stack([rewards.mean(), (rewards >= cfg.teacher.success_threshold).float().mean(),
+                                         feedback.mean()]).to(self.acc.device), reduction="mean").tolist()
+        metrics.update(zip(("task/reward_mean", "task/success_fraction", "task/feedback_fraction"), task_means))
         metrics["perf/score_s"] = time.perf_counter() - t1
 
         # 4. teacher contexts and negatives
@@ -386,6 +387,10 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
         if finite_steps:
             self.teacher.update(self.unwrapped)
+        # each process holds its share of the globally normalized loss: the sum is the batch loss
+        totals = reduce(torch.tensor([sums["loss"], sums["clip"], sums["tokens"]], device=self.acc.device),
+                        reduction="sum").tolist()
+        sums = dict(zip(("loss", "clip", "tokens"), totals))
         metrics = {
             "loss/total": sums["loss"] / (o.epochs * o.mini_batches),
             "loss/grad_norm": grad_norm,

@@ -1,0 +1,240 @@
+"""The training loop on a tiny model: every method and mode steps, bad configs fail before a model
+loads, NaN never reaches the weights, λ = 0 is SDPO, resume after SIGKILL is exact, and one process
+equals two."""
+
+import json
+import os
+import signal as os_signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import credit.train as train_mod
+from credit.cli import main as cli_main
+from credit.config import ConfigError, load_config
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _dist_worker import fixed_sample  # noqa: E402
+
+BASE = ["device=cpu", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=3", "rollout.max_new_tokens=6",
+        "optim.micro_batch=4", "optim.lr=1e-3", "task.options={answer_feedback: true}", "log.progress=false",
+        "log.tensorboard=false"]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tiny_model_and_tokenizer):
+    model, tok = tiny_model_and_tokenizer
+    path = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def make_trainer(tiny_dir, tmp_path, *overrides, monkeypatch=None):
+    if monkeypatch is not None:
+        monkeypatch.setattr(train_mod, "sample", fixed_sample)
+    cfg = load_config(None, [f"model.name={tiny_dir}", f"out_dir={tmp_path}", *BASE, *overrides])
+    return train_mod.Trainer(cfg)
+
+
+def params(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["credit.lamda=0.3"], "credit.lamda: unknown key"),
+        (["optim.lr=fast"], "optim.lr"),
+        (["method=credit", "credit.mode=logits", "credit.alpha=0.5"], "set credit.alpha: 1.0"),
+        (["method=credit", "rollout.prompts_per_step=4", "credit.num_negatives=4"], "credit.num_negatives <= 3"),
+        (["method=credit", "rollout.prompts_per_step=1"], "rollout.prompts_per_step >= 2"),
+        (["teacher.kind=average"], "teacher.kind"),
+    ],
+)
+def test_bad_config_fails_before_any_model_loads(overrides, message, capsys):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+    # the CLI reports it (no traceback) even though the model path does not exist
+    assert cli_main(["train", "model.name=/nonexistent/model", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert message.split(":")[0] in err and "Traceback" not in err and "nonexistent" not in err
+
+
+def test_yaml_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lr: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
+    bad.write_text("optim:\n  learning_rate: 1e-5\n")
+    with pytest.raises(ConfigError, match="optim.learning_rate: unknown key"):
+        load_config(bad)
+
+
+def test_shipped_configs_validate():
+    configs = sorted(Path(__file__).parents[1].glob("configs/*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(path)
+
+
+# ----------------------------------------------------------------------------- one step of everything
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["method=grpo"],
+        ["method=sdpo"],
+        ["method=sdpo", "credit.mode=logits", "credit.alpha=0.5", "credit.top_k=20"],
+        ["method=sdpo", "credit.mode=logits", "credit.alpha=0.0", "credit.top_k=null"],
+        ["method=credit"],
+        ["method=credit", "credit.mode=logits", "credit.top_k=20", "credit.num_negatives=2"],
+        ["method=credit", "credit.mode=sequence"],
+        ["method=credit", "credit.negative_strategy=all", "credit.aggregator=logmeanexp", "credit.reward_to_go=true"],
+        ["method=credit", "credit.swap=context", "credit.grpo_weight=0.5"],
+        ["method=credit", "optim.epochs=2", "optim.mini_batches=2", "teacher.kind=trust_region"],
+        ["method=credit", "teacher.kind=live", "optim.loss_aggregation=seq-mean-token-mean"],
+        ["method=credit", "teacher.kind=frozen", "optim.loss_aggregation=seq-mean-token-sum"],
+        ["method=credit", "model.lora={r: 4}", "teacher.kind=ema"],
+        ["method=credit", "model.lora={r: 4}", "teacher.kind=frozen"],
+    ],
+    ids=lambda o: " ".join(o),
+)
+def test_one_step_changes_the_weights(tiny_dir, tmp_path, monkeypatch, overrides):
+    trainer = make_trainer(tiny_dir, tmp_path, *overrides, monkeypatch=monkeypatch)
+    before = params(trainer.unwrapped)
+    metrics, _ = trainer.run_step(0)
+    after = params(trainer.unwrapped)
+    assert any(not torch.equal(before[k], after[k]) for k in before), "no parameter moved"
+    assert metrics["loss/skipped_steps"] == 0 and torch.isfinite(torch.tensor(metrics["loss/total"]))
+    for key in ("task/reward_mean", "teacher/demo_fraction", "perf/rollout_s", "perf/update_s", "perf/step_s"):
+        assert key in metrics
+    if "method=credit" in overrides and "credit.mode=logits" not in overrides:
+        assert metrics["credit/contrast_possible"] == 1.0
+        for key in ("signal/dv_mean", "signal/s_mean", "signal/g_mean", "signal/s_negative_fraction"):
+            assert key in metrics
+
+
+def test_ema_teacher_moves_toward_the_student_and_frozen_does_not(tiny_dir, tmp_path, monkeypatch):
+    for kind, should_move in [("ema", True), ("frozen", False)]:
+        trainer = make_trainer(tiny_dir, tmp_path, "method=sdpo", f"teacher.kind={kind}", monkeypatch=monkeypatch)
+        t0 = params(trainer.teacher.ref)
+        trainer.run_step(0)
+        t1, s1 = params(trainer.teacher.ref), params(trainer.unwrapped)
+        k = "model.layers.0.mlp.down_proj.weight"
+        moved = not torch.equal(t0[k], t1[k])
+        assert moved == should_move
+        if should_move:  # θ_T ← 0.95 θ_T + 0.05 θ
+            torch.testing.assert_close(t1[k], 0.95 * t0[k] + 0.05 * s1[k])
+
+
+def test_credit_with_lambda_zero_is_sdpo(tiny_dir, tmp_path, monkeypatch):
+    results = []
+    for method in (["method=sdpo"], ["method=credit", "credit.lam=0.0"]):
+        trainer = make_trainer(tiny_dir, tmp_path, *method, monkeypatch=monkeypatch)
+        trainer.run_step(0)
+        results.append(params(trainer.unwrapped))
+    for k in results[0]:
+        assert torch.equal(results[0][k], results[1][k]), k
+
+
+def test_nan_loss_skips_the_step_and_never_reaches_the_weights(tiny_dir, tmp_path, monkeypatch):
+    trainer = make_trainer(tiny_dir, tmp_path, "method=sdpo", monkeypatch=monkeypatch)
+    monkeypatch.setitem(train_mod.CREDIT_MODES, "token", lambda m, *a: m.logp * float("nan"))
+    before, teacher_before = params(trainer.unwrapped), params(trainer.teacher.ref)
+    metrics, _ = trainer.run_step(0)
+    assert metrics["loss/skipped_steps"] == 1
+    after, teacher_after = params(trainer.unwrapped), params(trainer.teacher.ref)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(teacher_before[k], teacher_after[k]) for k in teacher_before)
+    assert all(torch.isfinite(v).all() for v in after.values())
+
+
+# ----------------------------------------------------------------------------- whole runs
+
+
+def run_cli(args, env_extra=None, **kw):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "credit.cli", "train", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_train_end_to_end_writes_run_directory(tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli([f"model.name={tiny_dir}", f"out_dir={out}", *BASE, "steps=3", "eval.limit=4", "eval.samples=2",
+                    "checkpoint_every=2", "log.tensorboard=true"])
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log
+    assert "held-out mean@2" in log
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 <= summary["eval_before"]["mean@2"] <= 1 and 0 <= summary["eval_after"]["mean@2"] <= 1
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "task/reward_mean" in r] == [0, 1, 2]
+    records = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert records and all("teacher_context" in r and r["response_ids"] for r in records)
+    assert (out / "checkpoint.pt").exists() and (out / "final" / "config.json").exists()
+    assert list((out / "tb").iterdir())
+
+
+def test_resume_after_sigkill_mid_step_is_exact(tiny_dir, tmp_path):
+    args = [f"model.name={tiny_dir}", *BASE, "steps=6", "checkpoint_every=2", "eval.before=false",
+            "eval.limit=2", "eval.samples=1"]
+    ref = run_cli([*args, f"out_dir={tmp_path / 'ref'}"])
+    log, _ = ref.communicate(timeout=300)
+    assert ref.returncode == 0, log
+
+    out = tmp_path / "killed"
+    victim = run_cli([*args, f"out_dir={out}"])
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill during step 3 or 4: after steps 0-2 are logged, before the end
+        if metrics.exists() and sum(1 for _ in metrics.open()) >= 3:
+            victim.send_signal(os_signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    victim.communicate(timeout=60)
+    assert victim.returncode == -os_signal.SIGKILL, "the run ended before it could be killed"
+    assert not (out / "summary.json").exists() or "eval_after" not in json.loads((out / "summary.json").read_text())
+
+    resumed = run_cli([*args, f"out_dir={out}", "--resume"])
+    log, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, log
+    a = torch.load(tmp_path / "ref" / "checkpoint.pt", weights_only=False)
+    b = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == 5
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in a["teacher"]["ref"]:
+        assert torch.equal(a["teacher"]["ref"][k], b["teacher"]["ref"][k]), k
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if "task/reward_mean" in line]
+    assert steps == list(range(6))  # no step logged twice, none missing
+
+
+def test_two_processes_equal_one(tiny_dir, tmp_path):
+    worker = Path(__file__).parent / "_dist_worker.py"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(worker), tiny_dir, str(tmp_path / "one.pt")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29517", str(worker), tiny_dir, str(tmp_path / "two.pt")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert (a["world"], b["world"]) == (1, 2)
+    for m1, m2 in zip(a["metrics"], b["metrics"]):  # the same global loss and gradient
+        assert m1["loss/grad_norm"] == pytest.approx(m2["loss/grad_norm"], rel=1e-5)
+        assert m1["loss/total"] == pytest.approx(m2["loss/total"], rel=1e-5, abs=1e-7)
+        assert m1["task/reward_mean"] == pytest.approx(m2["task/reward_mean"])
+    # Adam divides by √v, so an element whose gradient is ~0 can move by float noise: allow 1% of
+    # one update (lr = 1e-3). A wrong global scale is invisible to Adam; grad_norm above catches it.
+    for k, v in a["params"].items():
+        torch.testing.assert_close(v, b["params"][k], atol=1e-5, rtol=0)
