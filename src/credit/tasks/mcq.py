@@ -293,8 +293,10 @@ LETTERS = "ABCDEFGHIJ"
 
 
 def cache_dir() -> Path:
-    """``$CREDIT_CACHE_DIR`` or ``~/.cache/credit``: where the evals wheel is looked for."""
-    return Path(os.environ.get("CREDIT_CACHE_DIR") or Path.home() / ".cache" / "credit")
+    """The credit cache (``$CREDIT_CACHE`` or ``~/.cache/credit``): the evals wheel is looked for in its wheels/."""
+    from credit.models import cache_root
+
+    return cache_root()
 
 
 def download_evals_wheel(dest: Path | None = None) -> Path:
