@@ -11,7 +11,7 @@ end, generation included) the callback runs one step of each of our methods, and
 restarts afterwards. The first step of each side is a warm-up and is dropped.
 
     python benchmarks/trl_peer.py --model smollm2-135m-instruct -B 5 -G 4 --response-len 24 --steps 3 \
-        --json benchmarks/results/trl_peer_cpu.json
+        --threads 1 --json benchmarks/results/trl_peer_cpu.json
 
 Throughput ratio = (our tokens/s) / (TRL's tokens/s) = TRL step time / our step time (same tokens).
 """
@@ -42,8 +42,11 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=3, help="timed steps per side (one warm-up step more)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--ours", default="sdpo-token,credit-token-k1", help="our methods to interleave")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 avoids OpenMP collapse on a shared machine)")
     p.add_argument("--json", dest="json_out")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from datasets import Dataset
     from transformers import TrainerCallback

@@ -12,7 +12,7 @@ from credit.cli import main
 def test_bench_reports_every_phase_and_ratio(tmp_path, tiny_tokenizer):
     out = tmp_path / "bench.json"
     rc = main(["bench", "--model", "tiny", "-B", "3", "-G", "3", "--prompt-len", "4", "--response-len", "4",
-               "--ks", "1,2", "--top-k", "8", "--repeats", "1", "--warmup", "0", "--json", str(out)])
+               "--ks", "1,2", "--top-k", "8", "--repeats", "1", "--warmup", "0", "--threads", "1", "--json", str(out)])
     assert rc == 0
     result = json.loads(out.read_text())
     labels = ["grpo", "sdpo-token", "sdpo-logit", "credit-token-k1", "credit-logit-k1", "credit-token-k2", "credit-logit-k2"]

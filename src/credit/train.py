@@ -192,6 +192,9 @@ class Trainer:
         self.cfg = cfg
         self.acc = accelerator or Accelerator(cpu=cfg.device == "cpu")
         self.out = Path(cfg.out_dir)
+        if self.acc.num_processes > 1 and cfg.method == "credit" and cfg.credit.swap == "context":
+            raise ValueError("credit.swap=context needs every prompt group's teacher context in one process; "
+                             "use credit.swap=input with several processes")
         self.task = build_task(cfg.task.name, **cfg.task.options)
         self.train_split = self.task.examples("train")
         if not self.train_split:
@@ -271,7 +274,7 @@ class Trainer:
             max_context_tokens=t.max_context_tokens)
         metrics.update(contexts.metrics())
         lam, k = self._lam_and_k(metrics)
-        negative_contexts = [[] for _ in groups]
+        negative_contexts, mine = [[] for _ in groups], [[] for _ in groups]
         if k:
             # drawn over the global batch with a shared generator, so every process agrees
             all_groups = [g for g in range(len(examples)) for _ in range(cfg.rollout.samples_per_prompt)]
@@ -316,7 +319,7 @@ class Trainer:
                     for s in range(0, len(responses), cfg.optim.micro_batch)])
         metrics["perf/teacher_s"] = time.perf_counter() - t3
         metrics["perf/rollout_s"] = t1 - t0
-        records = self._records(step, examples, groups, rollouts, outcomes, contexts, negative_contexts)
+        records = self._records(step, examples, groups, rollouts, outcomes, contexts, negative_contexts, mine)
         return batch, metrics, records, lam
 
     def _lam_and_k(self, metrics: dict) -> tuple[float, int]:
@@ -440,7 +443,7 @@ class Trainer:
 
     # ---- 6: logging, checkpoints
 
-    def _records(self, step, examples, groups, rollouts, outcomes, contexts, negative_contexts) -> list[dict]:
+    def _records(self, step, examples, groups, rollouts, outcomes, contexts, negative_contexts, negative_groups):
         lc = self.cfg.log
         if not lc.rollouts_every or step % lc.rollouts_every or not self.acc.is_main_process:
             return []
@@ -452,6 +455,7 @@ class Trainer:
                 "has_signal": contexts.has_signal[i], "teacher_context_ids": contexts.context_ids[i],
                 "teacher_context": self.tok.decode(contexts.context_ids[i]),
                 "demo": contexts.privileged[i].demo, "negative_context_ids": negative_contexts[i],
+                "negative_prompts": [examples[j].messages for j in negative_groups[i]],
             })
         return out
 
