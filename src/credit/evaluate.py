@@ -17,10 +17,8 @@ Generation is batched: every prompt × ``n`` goes through ``credit.rollout.sampl
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from credit import viz
@@ -204,7 +202,5 @@ def run(args) -> int:
                       ks=args.ks, limit=args.limit, success_threshold=args.success_threshold, top_p=args.top_p)
     print_table(result)
     if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
-        print(f"wrote {args.json_out}")
+        viz.write_json(args.json_out, result)
     return 0

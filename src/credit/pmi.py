@@ -20,11 +20,9 @@ Two checks on given examples, the teacher being the same model (a live teacher):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -344,7 +342,5 @@ def run(args) -> int:
         result = pmi_report(model, tokenizer, task, cfg)
     print_table(result)
     if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
-        print(f"wrote {args.json_out}")
+        viz.write_json(args.json_out, result)
     return 0

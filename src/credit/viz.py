@@ -136,6 +136,15 @@ def format_number(v: object, digits: int = 4) -> str:
     return str(v)
 
 
+def write_json(path: str | Path, obj: object) -> None:
+    """Write ``obj`` as indented UTF-8 JSON (parents made) and say where."""
+    import json
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, indent=1, ensure_ascii=False), encoding="utf-8")
+    print(f"wrote {path}")
+
+
 def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 

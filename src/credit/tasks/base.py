@@ -60,9 +60,16 @@ class Task(Protocol):
 
 
 class BaseTask:
-    """Shared behaviour: ``score_batch`` maps ``score`` (tasks that run code override it with a pool)."""
+    """Shared behaviour: ``examples`` reads the splits a loader built into ``self._splits``, and
+    ``score_batch`` maps ``score`` (tasks that run code override it with a pool)."""
 
     name = "base"
+    _splits: dict[str, list[Example]]
+
+    def examples(self, split: str) -> list[Example]:
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        return list(self._splits[split])
 
     def score_batch(self, examples: Sequence[Example], responses: Sequence[str]) -> list[Outcome]:
         return [self.score(e, r) for e, r in zip(examples, responses, strict=True)]

@@ -88,10 +88,6 @@ class AdditionTask(BaseTask):
                        messages=[{"role": "user", "content": f"What is {a} + {b}? Answer with just the number."}],
                        meta={"a": a, "b": b, "answer": a + b})
 
-    def examples(self, split: str) -> list[Example]:
-        _io.check_split(split)
-        return list(self._splits[split])
-
     def score(self, example: Example, response: str) -> Outcome:
         text = _io.guard_response(response, self.max_response_chars)
         if isinstance(text, Outcome):
@@ -283,10 +279,6 @@ class GSMTask(BaseTask):
         msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         msgs.append({"role": "user", "content": question})
         return Example(id=f"gsm-{line}", messages=msgs, meta={"line": line, "answer": _format_number(value)})
-
-    def examples(self, split: str) -> list[Example]:
-        _io.check_split(split)
-        return list(self._splits[split])
 
     def score(self, example: Example, response: str) -> Outcome:
         text = _io.guard_response(response, self.max_response_chars)

@@ -23,7 +23,6 @@ Sources:
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import subprocess
@@ -119,10 +118,6 @@ class _MCQTask(BaseTask):
         msgs.append({"role": "user", "content": render_question(item)})
         return Example(id=item.id, messages=msgs,
                        meta={**item.meta, "labels": list(item.labels), "answer": item.answer})
-
-    def examples(self, split: str) -> list[Example]:
-        _io.check_split(split)
-        return list(self._splits[split])
 
     def score(self, example: Example, response: str) -> Outcome:
         return score_letter(response, tuple(example.meta["labels"]), example.meta["answer"],

@@ -407,10 +407,6 @@ class ToolAlpacaTask(BaseTask):
                               "calls": [{"name": c.name, "arguments": c.args} for c in calls]})
                 for i, (instr, calls) in enumerate(pairs)]
 
-    def examples(self, split: str) -> list[Example]:
-        _io.check_split(split)
-        return list(self._splits[split])
-
     def score(self, example: Example, response: str) -> Outcome:
         pred = _parse_response(response, self.max_response_chars)
         if isinstance(pred, Outcome):
@@ -606,10 +602,6 @@ class BFCLTask(BaseTask):
             if rid not in seen:
                 raise DataError(ap, line, "id", f"{rid!r} has no question in {qp}")
         return exs
-
-    def examples(self, split: str) -> list[Example]:
-        _io.check_split(split)
-        return list(self._splits[split])
 
     def score(self, example: Example, response: str) -> Outcome:
         pred = _parse_response(response, self.max_response_chars)
