@@ -90,6 +90,8 @@ class OptimConfig(_Section):
     epochs: int = Field(1, ge=1, description="Passes over each step's rollouts (>1 is off-policy).")
     mini_batches: int = Field(1, ge=1, description="Optimizer steps per epoch (>1 is off-policy).")
     micro_batch: int = Field(16, ge=1, description="Sequences per forward/backward (gradient accumulation inside a mini-batch).")
+    share_prefix: bool = Field(True, description="Run identical contexts once per micro-batch and share their KV cache "
+                               "(the same function, with gradients; off for models without a transformers DynamicCache).")
     loss_aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = Field(
         "token-mean", description="The one reduction of per-token losses (SPEC §1.2).")
     eps_low: float = Field(0.2, ge=0, description="PPO clip ε_low (off-policy updates).")

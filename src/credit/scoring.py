@@ -59,16 +59,43 @@ def pack(contexts: list[list[int]], responses: list[list[int]], pad_id: int, res
     return Packed(input_ids, attention, positions, response_ids.clone(), response_mask)
 
 
-def response_logits(model, packed: Packed) -> torch.Tensor:
-    """Logits that predict each response token: (N, R, V). Only the last R+1 positions pass the LM head."""
-    out = model(
-        input_ids=packed.input_ids,
-        attention_mask=packed.attention_mask,
-        position_ids=packed.position_ids,
-        logits_to_keep=packed.response_len + 1,
-        use_cache=False,
-    )
-    return out.logits[:, :-1, :]  # position C-1+t predicts response token t
+def response_logits(model, packed: Packed, share_prefix: bool = True) -> torch.Tensor:
+    """Logits that predict each response token: (N, R, V).
+
+    ``share_prefix``: rows whose contexts are identical (the G rollouts of one prompt; the teacher
+    contexts of one group) run their context once; its KV cache is then indexed out to every row and
+    only the responses run per row. Gradients flow through the shared cache, so this is the same
+    function of the weights as the unshared forward, at a fraction of the cost (a 45-token prompt
+    and 8 rollouts of 24 tokens: 8·69 = 552 token-passes become 45 + 8·24 = 237).
+    """
+    resp_len = packed.response_len
+    ctx_len = packed.input_ids.shape[1] - resp_len
+    contexts = packed.input_ids[:, :ctx_len]  # (N, C)
+    unique, inverse = torch.unique(contexts, dim=0, return_inverse=True)  # (U, C), (N,)
+    if not share_prefix or unique.shape[0] == contexts.shape[0] or ctx_len < 1:
+        out = model(
+            input_ids=packed.input_ids,
+            attention_mask=packed.attention_mask,
+            position_ids=packed.position_ids,
+            logits_to_keep=resp_len + 1,
+            use_cache=False,
+        )
+        return out.logits[:, :-1, :]  # position C-1+t predicts response token t
+    from transformers import DynamicCache
+
+    from credit.rollout import _cache_kwarg
+
+    first = torch.zeros(unique.shape[0], dtype=torch.long, device=inverse.device)  # a row of each context
+    first.scatter_(0, inverse.flip(0), torch.arange(len(inverse) - 1, -1, -1, device=inverse.device))
+    cache = DynamicCache(config=getattr(model, "config", None))
+    head = model(input_ids=contexts[first], attention_mask=packed.attention_mask[first, :ctx_len],
+                 position_ids=packed.position_ids[first, :ctx_len], logits_to_keep=1, use_cache=True,
+                 **{_cache_kwarg(): cache})
+    cache.batch_select_indices(inverse)  # differentiable indexing: (U, ...) -> (N, ...)
+    tail = model(input_ids=packed.input_ids[:, ctx_len:], attention_mask=packed.attention_mask,
+                 position_ids=packed.position_ids[:, ctx_len:], use_cache=True, **{_cache_kwarg(): cache})
+    # the context's last position predicts response token 0; response position t predicts t+1
+    return torch.cat([head.logits[inverse, -1:, :], tail.logits[:, :-1, :]], dim=1)
 
 
 def response_logprobs(

@@ -207,7 +207,7 @@ class Trainer:
             model = get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
                                                      target_modules=lc.target_modules, task_type="CAUSAL_LM"))
         model.to(self.acc.device).train()
-        self.teacher = Teacher(cfg.teacher.kind, cfg.teacher.update_rate, model)  # θ_T from the initial weights
+        self.teacher = Teacher(cfg.teacher.kind, cfg.teacher.update_rate, model, cfg.optim.share_prefix)  # θ_T from the initial weights
         o = cfg.optim
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
@@ -314,7 +314,8 @@ class Trainer:
         if cfg.optim.epochs * cfg.optim.mini_batches > 1:
             with torch.no_grad():
                 batch.old_logp = torch.cat([
-                    token_logprobs(response_logits(self.unwrapped, batch.student.rows(slice(s, s + cfg.optim.micro_batch))),
+                    token_logprobs(response_logits(self.unwrapped, batch.student.rows(slice(s, s + cfg.optim.micro_batch)),
+                                                   cfg.optim.share_prefix),
                                    batch.student.response_ids[s: s + cfg.optim.micro_batch], cfg.rollout.temperature)
                     for s in range(0, len(responses), cfg.optim.micro_batch)])
         metrics["perf/teacher_s"] = time.perf_counter() - t3
@@ -360,7 +361,7 @@ class Trainer:
                     ctx = self.acc.no_sync(self.model) if i < len(micros) - 1 else contextlib.nullcontext()
                     with ctx:
                         packed = batch.student.rows(rows)
-                        logits = response_logits(self.model, packed)
+                        logits = response_logits(self.model, packed, o.share_prefix)
                         logp = token_logprobs(logits, packed.response_ids, cfg.rollout.temperature)
                         old = batch.old_logp[rows] if off_policy else logp.detach()
                         m = Micro(rows, logits, logp, old, off_policy)

@@ -30,10 +30,11 @@ def _adapter_params(model) -> dict[str, torch.nn.Parameter]:
 class Teacher:
     """Holds θ_T and gives the teacher's response logits for a packed batch."""
 
-    def __init__(self, kind: str, rate: float, student):
+    def __init__(self, kind: str, rate: float, student, share_prefix: bool = True):
         if kind not in ("ema", "frozen", "live", "trust_region"):
             raise ValueError(f"teacher kind '{kind}'; allowed: ema, frozen, live, trust_region")
         self.kind, self.rate = kind, (0.0 if kind == "frozen" else rate)
+        self.share_prefix = share_prefix
         self.lora = _is_peft(student)
         self.ref = None  # a full copy (full fine-tuning, not live)
         self.ema_adapters: dict[str, torch.Tensor] | None = None  # LoRA + ema
@@ -74,9 +75,9 @@ class Teacher:
     def response_logits(self, student, packed: Packed) -> torch.Tensor:
         """Teacher logits predicting each response token: (N, R, V)."""
         with self._weights(student) as module:
-            z = response_logits(module, packed)
+            z = response_logits(module, packed, self.share_prefix)
         if self.kind == "trust_region":
-            z = torch.lerp(z, response_logits(student, packed), self.rate)  # (1−r)·z_ref + r·z_θ
+            z = torch.lerp(z, response_logits(student, packed, self.share_prefix), self.rate)  # (1−r)·z_ref + r·z_θ
         return z
 
     @torch.no_grad()

@@ -1,0 +1,46 @@
+"""Scoring responses under many contexts: prefix sharing is the same function of the weights."""
+
+import pytest
+import torch
+
+from credit.scoring import pack, response_logits, response_logprobs
+from credit.signal import token_logprobs
+
+
+def test_shared_prefix_equals_separate_forwards_in_value_and_gradient(fresh_tiny_model):
+    model = fresh_tiny_model.train()
+    g = torch.Generator().manual_seed(0)
+    prompt_a, prompt_b = torch.randint(1, 500, (9,), generator=g).tolist(), torch.randint(1, 500, (4,), generator=g).tolist()
+    contexts = [prompt_a, prompt_a, prompt_b, prompt_a, prompt_b, [7]]  # groups interleaved, one unique
+    responses = [torch.randint(1, 500, (n,), generator=g).tolist() for n in (4, 6, 2, 5, 3, 1)]
+    packed = pack(contexts, responses, pad_id=0)
+    params = [p for p in model.parameters()]
+
+    results = []
+    for share in (False, True):
+        logp = token_logprobs(response_logits(model, packed, share_prefix=share), packed.response_ids)
+        logp = logp * packed.response_mask
+        results.append((logp.detach(), torch.autograd.grad(logp.sum(), params)))
+    (lp1, g1), (lp2, g2) = results
+    torch.testing.assert_close(lp1, lp2, atol=1e-5, rtol=0)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_shared_prefix_runs_each_distinct_context_once(tiny_model_and_tokenizer):
+    model, _ = tiny_model_and_tokenizer
+    seen = []
+    hook = model.model.register_forward_hook(lambda mod, args, kwargs_out: seen.append(1))
+    try:
+        with torch.no_grad():
+            response_logprobs(model, pack([[5, 6, 7]] * 4, [[1, 2], [3], [4, 5, 6], [7]], pad_id=0))
+    finally:
+        hook.remove()
+    assert len(seen) == 2  # one pass over the one distinct context, one over the four responses
+
+
+def test_pack_rejects_bad_pairs():
+    with pytest.raises(ValueError, match="2 contexts but 1 responses"):
+        pack([[1], [2]], [[3]], pad_id=0)
+    with pytest.raises(ValueError, match="empty context"):
+        pack([[]], [[3]], pad_id=0)
