@@ -104,11 +104,14 @@ def response_logprobs(
     temperature: float = 1.0,
     micro_batch: int | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    share_prefix: bool = True,
 ) -> torch.Tensor:
-    """fp32 log-probs of the response tokens at ``temperature``: (N, R). Carries grad when enabled."""
+    """fp32 log-probs of the response tokens at ``temperature``: (N, R), 0 at padding. Carries grad
+    when enabled."""
     step = micro_batch or packed.input_ids.shape[0]
     parts = []
     for s in range(0, packed.input_ids.shape[0], step):
         rows = packed.rows(slice(s, s + step))
-        parts.append(token_logprobs(response_logits(model, rows), rows.response_ids, temperature, chunk_bytes))
+        logits = response_logits(model, rows, share_prefix)
+        parts.append(token_logprobs(logits, rows.response_ids, temperature, chunk_bytes))
     return torch.cat(parts) * packed.response_mask.to(parts[0].device)

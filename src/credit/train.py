@@ -35,7 +35,7 @@ from credit import checkpoint, signal
 from credit import objectives as obj
 from credit.config import TrainConfig, dump
 from credit.rollout import SamplingConfig, encode_prompts, sample
-from credit.scoring import Packed, pack, response_logits
+from credit.scoring import Packed, pack, response_logits, response_logprobs
 from credit.signal import token_logprobs
 from credit.tasks import Example, build_task
 from credit.teacher import build_negative_contexts, build_teacher_contexts, can_contrast, sample_negative_groups
@@ -313,11 +313,8 @@ class Trainer:
             batch.seq_adv = signal.group_advantages(score.cpu(), cfg.rollout.samples_per_prompt).to(device)
         if cfg.optim.epochs * cfg.optim.mini_batches > 1:
             with torch.no_grad():
-                batch.old_logp = torch.cat([
-                    token_logprobs(response_logits(self.unwrapped, batch.student.rows(slice(s, s + cfg.optim.micro_batch)),
-                                                   cfg.optim.share_prefix),
-                                   batch.student.response_ids[s: s + cfg.optim.micro_batch], cfg.rollout.temperature)
-                    for s in range(0, len(responses), cfg.optim.micro_batch)])
+                batch.old_logp = response_logprobs(self.unwrapped, batch.student, cfg.rollout.temperature,
+                                                   cfg.optim.micro_batch, share_prefix=cfg.optim.share_prefix)
         metrics["perf/teacher_s"] = time.perf_counter() - t3
         metrics["perf/rollout_s"] = t1 - t0
         records = self._records(step, examples, groups, rollouts, outcomes, contexts, negative_contexts, mine)
