@@ -94,6 +94,41 @@ def chunked_logsumexp(
     return _ChunkedLogSumExp.apply(logits, float(temperature), int(chunk_bytes))
 
 
+class _ChunkedTokenLogprob(torch.autograd.Function):
+    """``log softmax(logits / T)[tokens]`` with a chunked forward and a fused chunked backward.
+
+    The backward writes ``g/T · (onehot − softmax)`` chunk by chunk into one gradient buffer: the only
+    logits-sized allocation (a gather + logsumexp pair would need two, plus their sum).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, tokens: torch.Tensor, temperature: float, chunk_bytes: int):
+        flat = logits.reshape(-1, logits.shape[-1])  # (M, V)
+        idx = tokens.reshape(-1, 1)  # (M, 1)
+        rows = _chunk_rows(flat.shape[1], chunk_bytes)
+        lse = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)  # (M,)
+        for s in range(0, flat.shape[0], rows):
+            lse[s : s + rows] = torch.logsumexp(flat[s : s + rows].float() / temperature, dim=-1)
+        picked = flat.gather(1, idx).squeeze(1).float() / temperature  # (M,)
+        ctx.save_for_backward(logits, tokens, lse)
+        ctx.temperature, ctx.chunk_bytes = temperature, chunk_bytes
+        return (picked - lse).view(tokens.shape)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        logits, tokens, lse = ctx.saved_tensors
+        flat = logits.reshape(-1, logits.shape[-1])
+        idx = tokens.reshape(-1, 1)
+        g = grad_out.reshape(-1, 1).float() / ctx.temperature  # (M, 1)
+        grad = torch.empty_like(flat)
+        rows = _chunk_rows(flat.shape[1], ctx.chunk_bytes)
+        for s in range(0, flat.shape[0], rows):
+            chunk = -torch.exp(flat[s : s + rows].float() / ctx.temperature - lse[s : s + rows, None])
+            chunk.scatter_add_(1, idx[s : s + rows], torch.ones_like(chunk[:, :1]))  # onehot − softmax
+            grad[s : s + rows] = (chunk * g[s : s + rows]).to(grad.dtype)
+        return grad.view_as(logits), None, None, None
+
+
 def token_logprobs(
     logits: torch.Tensor,
     tokens: torch.Tensor,
@@ -104,15 +139,16 @@ def token_logprobs(
 
     logits: (..., V) aligned with tokens (...,), i.e. ``logits[..., t, :]`` predicts ``tokens[..., t]``.
     Returns (...) fp32; differentiable w.r.t. logits. Peak extra memory is one fp32 chunk of
-    ``chunk_bytes`` instead of a second (..., V) fp32 tensor.
+    ``chunk_bytes`` forward, and the gradient buffer itself backward.
     """
     if logits.shape[:-1] != tokens.shape:
         raise ValueError(
             f"logits has shape {tuple(logits.shape)} and tokens {tuple(tokens.shape)}; "
             "logits must be tokens.shape + (V,)"
         )
-    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).float() / temperature
-    return picked - chunked_logsumexp(logits, temperature, chunk_bytes)
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature} must be > 0")
+    return _ChunkedTokenLogprob.apply(logits, tokens, float(temperature), int(chunk_bytes))
 
 
 def naive_token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

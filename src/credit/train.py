@@ -207,7 +207,9 @@ class Trainer:
             model = get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
                                                      target_modules=lc.target_modules, task_type="CAUSAL_LM"))
         model.to(self.acc.device).train()
-        self.teacher = Teacher(cfg.teacher.kind, cfg.teacher.update_rate, model, cfg.optim.share_prefix)  # θ_T from the initial weights
+        # θ_T from the initial weights; GRPO never asks a teacher, so it keeps no copy ("live" holds nothing)
+        teacher_kind = "live" if cfg.method == "grpo" else cfg.teacher.kind
+        self.teacher = Teacher(teacher_kind, cfg.teacher.update_rate, model, cfg.optim.share_prefix)
         o = cfg.optim
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
