@@ -66,7 +66,9 @@ class MethodConfig(_Section):
         "token", description="How credit reaches the gradient (SPEC §1.2): per sampled token, over a vocabulary support, or per sequence.")
     lam: float = Field(0.5, ge=0, le=1, description="CREDIT λ: r = (1−λ)·ΔV + λ·S (0 = SDPO, 1 = pure input-specific).")
     num_negatives: int = Field(1, ge=1, description="K negative contexts per sample.")
-    negative_strategy: Literal["random", "roll", "all"] = Field("random", description="How negative prompts are drawn from other groups.")
+    negative_strategy: Literal["random", "roll", "all"] = Field(
+        "roll", description="How negative prompts are drawn from other groups: roll (a derangement of the groups; a "
+        "group's rollouts share their negatives, so prefix sharing runs those contexts once), random (K per rollout), all.")
     swap: Literal["input", "context"] = Field("input", description="Swap only the input (default) or use the other prompt's whole teacher context.")
     aggregator: Literal["mean", "logmeanexp"] = Field("mean", description="G_t = mean_k ℓN^k_t, or log mean_k exp ℓN^k_t.")
     alpha: float = Field(1.0, ge=0, le=1, description="Divergence of logit mode: 0 forward KL, 1 reverse KL, else JSD(α).")
