@@ -158,6 +158,17 @@ def test_nan_loss_skips_the_step_and_never_reaches_the_weights(tiny_dir, tmp_pat
     assert all(torch.isfinite(v).all() for v in after.values())
 
 
+def test_a_batch_without_any_teacher_signal_steps_without_error(tiny_dir, tmp_path, monkeypatch):
+    from credit.tasks import Outcome
+
+    trainer = make_trainer(tiny_dir, tmp_path, "method=sdpo", monkeypatch=monkeypatch)
+    monkeypatch.setattr(trainer.task, "score_batch", lambda examples, responses: [Outcome(0.0)] * len(responses))
+    before = params(trainer.unwrapped)
+    metrics, _ = trainer.run_step(0)
+    assert metrics["teacher/no_signal_fraction"] == 1.0 and metrics["loss/total"] == 0.0
+    assert all(torch.equal(before[k], v) for k, v in params(trainer.unwrapped).items())
+
+
 # ----------------------------------------------------------------------------- whole runs
 
 

@@ -345,7 +345,7 @@ class Trainer:
         sums = {"loss": 0.0, "clip": 0.0, "tokens": 0.0}
         finite_steps = 0
         gen = _torch_gen(cfg.seed, step, "minibatch")
-        for _epoch in range(o.epochs):
+        for epoch in range(o.epochs):
             order = torch.randperm(n, generator=gen) if o.mini_batches > 1 else torch.arange(n)
             for mb in order.to(batch.rewards.device).chunk(o.mini_batches):
                 mask = batch.student.response_mask[mb]
@@ -375,10 +375,11 @@ class Trainer:
                             smask = mmask * batch.has_signal[rows, None]
                             loss = loss + (1 - w) * obj.aggregate(sd, smask, o.loss_aggregation,
                                                                   normalizer=sd_norm.clamp(min=1))
-                        self.acc.backward(loss * world)  # DDP averages gradients over processes
+                        if loss.requires_grad:  # False only when no rollout of the batch has a teacher signal
+                            self.acc.backward(loss * world)  # DDP averages gradients over processes
                         sums["loss"] += loss.item()
                         sums["tokens"] += mmask.sum().item()
-                        if _epoch == 0:
+                        if epoch == 0:
                             seen_logp[rows] = logp.detach()
                 grad_norm = self._clip_grad()
                 if math.isfinite(grad_norm):
