@@ -25,7 +25,7 @@ from credit.viz import UserError
 #: (file stem, title, metric keys). A key ending in "*" is a prefix: every metric that starts with it.
 PANELS: list[tuple[str, str, list[str]]] = [
     ("reward", "Reward", ["task/reward_mean"]),
-    ("heldout", "Held-out accuracy", ["eval/*"]),
+    ("heldout", "Held-out accuracy", ["eval/mean@*", "eval/pass@*", "eval/maj@*"]),
     ("signal_means", "Token signal: mean ΔV, S, G", ["signal/dv_mean", "signal/s_mean", "signal/g_mean"]),
     ("signal_spread", "Token signal: spread and pMI",
      ["signal/dv_std", "signal/s_std", "signal/pmi_mean", "signal/s_negative_fraction", "signal/pmi_reward_corr"]),
@@ -208,12 +208,15 @@ def build_figures(groups: Sequence[RunGroup]) -> dict[str, Any]:
         metrics = panel_keys(groups, keys)
         if not metrics:
             continue
-        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.3), squeeze=False)
+        legend_h = 0.22 * len(groups)  # one legend row per run group, under the panels
+        fig, axes = plt.subplots(1, len(metrics), figsize=(max(4.2 * len(metrics), 6.5), 3.3 + legend_h),
+                                 squeeze=False)
         for ax, key in zip(axes[0], metrics):
             plot_metric(ax, groups, key)
-        axes[0, 0].legend(fontsize=7, loc="best")
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", fontsize=7, frameon=False)
         fig.suptitle(title, fontsize=11)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, legend_h / (3.3 + legend_h), 1, 1))
         figs[stem] = fig
     return figs
 

@@ -34,6 +34,7 @@ from accelerate.utils import reduce
 from credit import checkpoint, signal
 from credit import objectives as obj
 from credit.config import TrainConfig, dump
+from credit.evaluate import evaluate, headline
 from credit.rollout import SamplingConfig, encode_prompts, sample
 from credit.scoring import Packed, pack, response_logits, response_logprobs
 from credit.signal import token_logprobs
@@ -487,7 +488,6 @@ class Trainer:
 
 
 def evaluate_model(trainer: Trainer) -> dict:
-    from credit.evaluate import evaluate
 
     cfg = trainer.cfg
     return evaluate(trainer.unwrapped, trainer.tok, trainer.task, split="test", n=cfg.eval.samples,
@@ -514,19 +514,19 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     t_start = time.perf_counter()
     if cfg.eval.before and "eval_before" not in summary:
         summary["eval_before"] = evaluate_model(trainer)
-        logger.log(trainer.start_step, {f"eval/{k}": v for k, v in summary["eval_before"].items() if isinstance(v, (int, float))})
+        logger.log(trainer.start_step, {f"eval/{k}": v for k, v in headline(summary["eval_before"]).items()})
         _write_summary(out, summary, trainer)
     for step in logger.progress(range(trainer.start_step, cfg.steps), cfg.steps, trainer.start_step):
         metrics, records = trainer.run_step(step)
         if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.steps:
-            metrics.update({f"eval/{k}": v for k, v in evaluate_model(trainer).items() if isinstance(v, (int, float))})
+            metrics.update({f"eval/{k}": v for k, v in headline(evaluate_model(trainer)).items()})
         logger.log(step, metrics, records)
         if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == cfg.steps:
             trainer.acc.wait_for_everyone()
             if trainer.acc.is_main_process:
                 checkpoint.save(out, trainer.state(step))
     summary["eval_after"] = evaluate_model(trainer)
-    logger.log(cfg.steps, {f"eval/{k}": v for k, v in summary["eval_after"].items() if isinstance(v, (int, float))})
+    logger.log(cfg.steps, {f"eval/{k}": v for k, v in headline(summary["eval_after"]).items()})
     summary["train_wall_s"] = summary.get("train_wall_s", 0.0) + time.perf_counter() - t_start
     summary["skipped_steps"] = trainer.skipped_steps
     _write_summary(out, summary, trainer)
