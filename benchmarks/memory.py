@@ -104,11 +104,9 @@ def main(argv=None) -> int:
     res = {"device": args.device, "vocab": args.vocab, "tokens": args.tokens, "dtype": args.dtype, "backward": args.backward,
            "top_k": args.top_k, "rows": rows}
     if args.json_out:
-        import os
+        from credit.viz import write_json
 
-        os.makedirs(os.path.dirname(args.json_out) or ".", exist_ok=True)
-        with open(args.json_out, "w") as f:
-            json.dump(res, f, indent=1)
+        write_json(args.json_out, res)
     return 0
 
 

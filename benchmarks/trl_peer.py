@@ -130,9 +130,9 @@ def main(argv=None) -> int:
         print(f"{label}: {r['median_step_s']:.2f} s/step vs TRL SDPO {trl_med:.2f} s/step -> "
               f"throughput ratio {r['throughput_vs_trl']:.2f}")
     if args.json_out:
-        os.makedirs(os.path.dirname(args.json_out) or ".", exist_ok=True)
-        with open(args.json_out, "w") as f:
-            json.dump(res, f, indent=1)
+        from credit.viz import write_json
+
+        write_json(args.json_out, res)
     return 0
 
 

@@ -7,6 +7,7 @@
   (hidden 32, 2 layers, 4 heads, 2 kv heads, tied embeddings, ~1.6M params, seed 0) on that
   vocabulary, in eval mode. **Shared: do not train or modify it**; use ``fresh_tiny_model``.
 - ``fresh_tiny_model`` (function): a private deep copy of the tiny model, free to train.
+- ``tiny_model_dir`` (session): that model and tokenizer saved as a Hugging Face folder.
 - ``smollm2`` (session): ``(model, tokenizer)`` of the converted SmolLM2-135M-Instruct (fp32, eval);
   the first run converts the GGUF (~25 s on 2 cores). For ``@pytest.mark.slow`` tests only.
 
@@ -37,6 +38,16 @@ def tiny_model_and_tokenizer(tiny_tokenizer):
     from credit.models import tiny_model
 
     return tiny_model(tiny_tokenizer, seed=0), tiny_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model_and_tokenizer, tmp_path_factory):
+    """The tiny model and its tokenizer saved as a Hugging Face folder (for CLIs and ``load_model``)."""
+    model, tok = tiny_model_and_tokenizer
+    path = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
 
 
 @pytest.fixture

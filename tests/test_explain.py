@@ -103,12 +103,8 @@ def test_no_privileged_or_empty_response_is_an_error(tiny_model_and_tokenizer):
 
 
 @pytest.fixture(scope="module")
-def saved_model(tiny_model_and_tokenizer, tmp_path_factory):
-    model, tok = tiny_model_and_tokenizer
-    path = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+def saved_model(tiny_model_dir):
+    return tiny_model_dir
 
 
 def write_rollouts(path, tok, responses, negatives=True):

@@ -26,12 +26,8 @@ BASE = ["device=cpu", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory, tiny_model_and_tokenizer):
-    model, tok = tiny_model_and_tokenizer
-    path = tmp_path_factory.mktemp("tiny-model")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+def tiny_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 def make_trainer(tiny_dir, tmp_path, *overrides, monkeypatch=None):

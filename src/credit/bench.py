@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import os
 import random
 import statistics
@@ -41,7 +40,6 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -473,7 +471,7 @@ def run(args) -> int:
         bench.close()
     print_tables(result)
     if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.json_out}")
+        from credit.viz import write_json
+
+        write_json(args.json_out, result)
     return 0
