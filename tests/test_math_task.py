@@ -166,7 +166,7 @@ def test_parse_number():
     ('{"question": "Q?", "answer": "x\\n#### seven"}', "answer", "not a number"),
     ('{"answer": "x\\n#### 7"}', "question", "missing"),
     ('{"question": 3, "answer": "x\\n#### 7"}', "question", "expected a string"),
-    ('{"question": "Q?", "answer": "x\\n#### 7"', None, "invalid JSON"),
+    ('{"question": "Q?", "answer": "x\\n#### 7"', None, "not valid JSON"),
     ('["question", "answer"]', None, "JSON object"),
 ])
 def test_gsm_bad_rows_name_file_line_field(tmp_path, line, field, problem):

@@ -29,7 +29,7 @@ MAX_RESPONSE_CHARS = 65_536
 # --------------------------------------------------------------------------------------------
 
 
-def _decode(data: bytes, path: str) -> str:
+def decode_text(data: bytes, path: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -44,7 +44,7 @@ def read_text(path: str | Path) -> str:
         data = p.read_bytes()
     except OSError as e:
         raise DataError(str(path), None, None, f"cannot read file ({e.strerror or e})") from None
-    return _decode(data, str(path))
+    return decode_text(data, str(path))
 
 
 def iter_jsonl_text(text: str, path: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -55,7 +55,7 @@ def iter_jsonl_text(text: str, path: str) -> Iterator[tuple[int, dict[str, Any]]
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(path, n, None, f"invalid JSON ({e.msg} at column {e.colno})") from None
+            raise DataError(path, n, None, f"not valid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(row, dict):
             raise DataError(path, n, None, f"expected a JSON object, got {type(row).__name__}")
         yield n, row
@@ -111,7 +111,7 @@ def read_zip_member(zip_path: str | Path, member: str) -> str:
         raise DataError(str(zip_path), None, None, f"archive has no member '{member}'") from None
     except (OSError, zipfile.BadZipFile) as e:
         raise DataError(str(zip_path), None, None, f"cannot read archive ({e})") from None
-    return _decode(data, f"{zip_path}!{member}")
+    return decode_text(data, f"{zip_path}!{member}")
 
 
 def package_dir(name: str) -> Path | None:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from credit.tasks import _io
 from credit.tasks.base import BaseTask, DataError, Example, Outcome
 from credit.tasks.sandbox import Job, Limits, RunResult, Sandbox
 
@@ -338,21 +339,7 @@ def _read_jsonl(path: str) -> list[tuple[int, dict[str, Any]]]:
         raise DataError(path, None, None, "file not found") from None
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(path, None, None, f"cannot read the file: {e}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(path, raw[: e.start].count(b"\n") + 1, None, f"not valid UTF-8 (byte {e.start})") from None
-    rows = []
-    for lineno, line in enumerate(io.StringIO(text), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(path, lineno, None, f"not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise DataError(path, lineno, None, f"a row must be a JSON object, got {type(row).__name__}")
-        rows.append((lineno, row))
+    rows = list(_io.iter_jsonl_text(_io.decode_text(raw, path), path))
     if not rows:
         raise DataError(path, None, None, "the file has no rows")
     return rows
