@@ -13,8 +13,8 @@ Where it departs from the SDPO reference code (on purpose):
   - teacher (and negative) forward passes run only for rollouts that have a teacher signal;
   - every random draw of a step (prompts, sampling, negatives, mini-batch order) is seeded by
     (seed, step), so a run resumed from a checkpoint continues exactly as the uninterrupted one;
-  - with fewer than two prompt groups CREDIT cannot contrast; it falls back to SDPO for the step and
-    reports ``credit/contrast_possible = 0``.
+  - with fewer than two prompt groups CREDIT cannot contrast: the config refuses it before any model
+    loads, and every step reports ``credit/contrast_possible`` from the negatives it built.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from credit.rollout import SamplingConfig, encode_prompts, sample
 from credit.scoring import Packed, pack, response_logits, response_logprobs
 from credit.signal import token_logprobs
 from credit.tasks import Example, build_task
-from credit.teacher import build_negative_contexts, build_teacher_contexts, can_contrast, sample_negative_groups
+from credit.teacher import build_negative_contexts, build_teacher_contexts, sample_negative_groups
 from credit.teacher.weights import Teacher
 
 
@@ -276,7 +276,7 @@ class Trainer:
             include_feedback=t.include_feedback, feedback_only_without_demo=t.feedback_only_without_demo,
             max_context_tokens=t.max_context_tokens)
         metrics.update(contexts.metrics())
-        lam, k = self._lam_and_k(metrics)
+        lam, k = self._lam_and_k()
         negative_contexts, mine = [[] for _ in groups], [[] for _ in groups]
         if k:
             # drawn over the global batch with a shared generator, so every process agrees
@@ -323,12 +323,10 @@ class Trainer:
         records = self._records(step, examples, groups, rollouts, outcomes, contexts, negative_contexts, mine)
         return batch, metrics, records, lam
 
-    def _lam_and_k(self, metrics: dict) -> tuple[float, int]:
+    def _lam_and_k(self) -> tuple[float, int]:
+        """λ and K of this run; the config already refuses CREDIT with fewer than two prompt groups."""
         cfg = self.cfg
         if cfg.method != "credit":
-            return 0.0, 0
-        if not can_contrast(list(range(cfg.rollout.prompts_per_step))):
-            metrics["credit/contrast_possible"] = 0.0  # falls back to SDPO, and says so
             return 0.0, 0
         k = cfg.rollout.prompts_per_step - 1 if cfg.credit.negative_strategy == "all" else cfg.credit.num_negatives
         return cfg.credit.lam, k
