@@ -27,20 +27,72 @@ def test_addition_matches_peer_baseline_exactly():
     assert not {e.id for e in test} & {e.id for e in train}
 
 
-def test_addition_reward_and_feedback():
+def _pair(task, a, b):
+    return next(x for x in task.examples("train") + task.examples("test") if (x.meta["a"], x.meta["b"]) == (a, b))
+
+
+@pytest.mark.parametrize("response, reward, extracted", [
+    ("12", 1.0, "12"),
+    ("The answer is 12.", 1.0, "12"),
+    ("7 + 5 = 12", 1.0, "12"),             # the final number counts, the question's numbers do not
+    ("**12**", 1.0, "12"),
+    ("(12)\n", 1.0, "12"),
+    ("12.0", 1.0, "12"),                   # an exact decimal equal to the sum is that number
+    ("12.00!", 1.0, "12"),
+    ("13", 0.0, "13"),
+    ("12.5", 0.0, "12.5"),
+    ("-12", 0.0, "-12"),                   # a different number
+    ("x = \u221212", 0.0, "-12"),          # the minus sign U+2212 is a sign too
+    ("12 is wrong, it is 13", 0.0, "13"),
+    ("0012", 1.0, "12"),
+    ("1,012", 0.0, "1012"),                # a thousands separator, not a list
+    ("20-8", 0.0, "8"),                    # after a digit "-" is an operator, not a sign
+])
+def test_addition_strict_reads_the_final_number(response, reward, extracted):
     t = AdditionTask()
-    e = next(x for x in t.examples("train") + t.examples("test") if (x.meta["a"], x.meta["b"]) == (7, 5))
-    assert t.score(e, "12").reward == 1.0
-    assert t.score(e, "7 + 5 = 12").reward == 1.0  # any number equal to a+b counts (baseline rule)
-    assert t.score(e, "The answer is 13.") == t.score(e, "13")
-    assert t.score(e, "13").reward == 0.0 and t.score(e, "13").feedback == ""  # no leak by default
-    assert t.score(e, "-12").reward == 0.0  # "-12" is a different number
+    o = t.score(_pair(t, 7, 5), response)
+    assert (o.reward, o.info["extracted"], o.feedback) == (reward, extracted, "")
+
+
+@pytest.mark.parametrize("response, problem", [
+    ("twelve", "no_final_number"),
+    ("12 apples", "no_final_number"),      # the answer must end the response, as the prompt asks
+    ("<answer>12</answer>", "no_final_number"),
+    ("a12", "no_final_number"),            # glued to a word
+    ("v1.12", "no_final_number"),
+    ("1,2,12", "no_final_number"),         # commas that are not thousands separators
+    ("\uff11\uff12", "no_final_number"),   # fullwidth digits: ASCII only
+])
+def test_addition_strict_format_errors(response, problem):
+    t = AdditionTask()
+    o = t.score(_pair(t, 7, 5), response)
+    assert o.reward == 0.0 and o.info == {"format_error": problem, "extracted": None, "gold": 12}
+    assert o.feedback.startswith("Format error") and "end with a number" in o.feedback
+
+
+def test_addition_lenient_is_the_peer_rule():
+    t = AdditionTask(scorer="lenient")
+    e = _pair(t, 7, 5)
+    assert t.scorer_name == "lenient" and AdditionTask().scorer_name == "strict"
+    assert t.score(e, "12 apples").reward == 1.0
+    assert t.score(e, "12 is wrong, it is 13").reward == 1.0  # any number equal to a+b counts
+    assert t.score(e, " ".join(str(i) for i in range(1, 41))).info["extracted"] == "12"
+    wrong = t.score(e, "10 11 13")
+    assert (wrong.reward, wrong.info["extracted"], wrong.feedback) == (0.0, "13", "")
+    assert t.score(e, "-12").reward == 0.0
     no_num = t.score(e, "twelve")
-    assert no_num.reward == 0.0 and "no number" in no_num.feedback
-    t2 = AdditionTask(answer_feedback=True)
-    e2 = next(x for x in t2.examples("train") + t2.examples("test") if x.id == e.id)
-    assert t2.score(e2, "13").feedback == "The correct answer is 12."
-    assert t2.score(e2, "12").feedback == ""
+    assert no_num.reward == 0.0 and "no number" in no_num.feedback and no_num.info["extracted"] is None
+    with pytest.raises(ValueError, match="scorer must be one of strict, lenient"):
+        AdditionTask(scorer="loose")
+
+
+@pytest.mark.parametrize("scorer", ["strict", "lenient"])
+def test_addition_answer_feedback(scorer):
+    t = AdditionTask(answer_feedback=True, scorer=scorer)
+    e = _pair(t, 7, 5)
+    assert t.score(e, "13").feedback == "The correct answer is 12."
+    assert t.score(e, "12").feedback == ""
+    assert AdditionTask(scorer=scorer).score(e, "13").feedback == ""  # no leak by default
 
 
 @pytest.mark.parametrize("bad", BAD_RESPONSES)
@@ -123,6 +175,19 @@ def test_reasoning_gym_bad_options():
         ReasoningGymTask("basic_arithmetic", threshold=0)
 
 
+def test_reasoning_gym_scorer_failure_is_a_wrong_answer(monkeypatch):
+    t = ReasoningGymTask("basic_arithmetic", size=4, seed=0, n_test=1, answer_feedback=True)
+    e = t.examples("test")[0]
+
+    def broken(answer, entry):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(t._dataset, "score_answer", broken)
+    o = t.score(e, "<answer>7</answer>")
+    assert o.reward == 0.0 and o.info["scorer_error"] == "KeyError: 'oops'" and o.info["extracted"] == "7"
+    assert o.feedback == f"The correct answer is {e.meta['answer']}."  # a 0 explains itself, as any other
+
+
 def test_reasoning_gym_partial_scores_keep_raw_value():
     t = ReasoningGymTask("gsm_symbolic", size=4, seed=0, n_test=1)
     e = t.examples("test")[0]
@@ -159,6 +224,20 @@ def test_gsm_load_split_and_score():
 def test_parse_number():
     assert str(parse_number("The total is $1,234.50.")) == "1234.50"
     assert parse_number("none") is None
+    assert parse_number("5,6") == 6  # commas only separate thousands: "5,6" is two numbers
+    assert parse_number("\uff17") is None  # ASCII digits only
+
+
+def test_gsm_final_answer_is_the_later_marker_and_exact():
+    t = GSMTask(f"{FIX}/gsm.jsonl", n_test=2, seed=0)
+    farm = next(e for e in t.examples("train") + t.examples("test") if "chickens" in e.prompt)
+    assert t.score(farm, "<answer>1000</answer>\n#### 999").reward == 0.0  # the marker comes last
+    assert t.score(farm, "#### 999\n<answer>1000</answer>").reward == 1.0  # the tag comes last
+    assert t.score(farm, "<answer>1,000.00</answer>").info["extracted"] == "1000"
+    # 33 digits: Decimal.normalize() would round this to 28 and merge it with its neighbours
+    big = "123456789012345678901234567890123"
+    assert t.score(farm, f"<answer>{big}</answer>").info["extracted"] == big
+    assert t.score(farm, "no answer").info["extracted"] is None
 
 
 @pytest.mark.parametrize("line,field,problem", [

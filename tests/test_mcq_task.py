@@ -33,10 +33,16 @@ def test_score_letter_rules():
     o = score_letter("The answer is B", labs, "B")
     assert o.reward == 0.0 and "no <answer>" in o.feedback
     assert score_letter("<answer>B", labs, "B").reward == 0.0  # unclosed tag
-    # missing reasoning: reported, and only penalised with strict_format
+    # missing reasoning: not part of the SPEC's reward, so it costs nothing and is not called an error
     o = score_letter("<answer>B</answer>", labs, "B")
-    assert o.reward == 1.0 and "<reasoning>" in o.feedback
-    assert score_letter("<answer>B</answer>", labs, "B", strict_format=True).reward == 0.0
+    assert (o.reward, o.feedback, o.info) == (1.0, "", {"extracted": "B", "has_reasoning": False})
+    assert score_letter("<answer>C</answer>", labs, "B").feedback == ""
+    # strict_format makes it part of the reward: 0 and a format error, also when it comes after the answer
+    for text in ("<answer>B</answer>", "<answer>B</answer><reasoning>r</reasoning>"):
+        o = score_letter(text, labs, "B", strict_format=True)
+        assert o.reward == 0.0 and o.feedback.startswith("Format error") and "<reasoning>" in o.feedback
+        assert o.info["format_error"] == "no_reasoning" and o.info["extracted"] is None
+    assert score_letter(GOOD.format("B"), labs, "B", strict_format=True).reward == 1.0
     assert score_letter(GOOD.format("A"), labs, "B", answer_feedback=True).feedback == "The correct answer is B."
 
 

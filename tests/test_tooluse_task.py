@@ -277,3 +277,21 @@ def test_hostile_responses_never_raise(bf, ta, hostile):
     for task in (bf, ta):
         o = task.score(task.examples("test")[0], hostile)
         assert o.reward == 0.0 and o.feedback.startswith("Format error"), o
+
+
+def test_calls_with_mixed_constants_are_compared_not_crashed(ta):
+    # Sorting the normalized calls compared ("const", None) with ("const", True): a TypeError in scoring.
+    e = ta.examples("train")[0]
+    o = ta.score(e, '[{"name": "f", "arguments": {"a": [null]}}, {"name": "f", "arguments": {"a": [true]}}]')
+    assert o.reward == 0.0 and o.info["n_calls"] == 2 and o.info["extracted"] is not None
+
+
+def test_every_json_value_and_fence_is_read():
+    one = '[{"name": "f", "arguments": {"a": 1}}]'
+    assert [c.name for c in parse_calls(f"{one}\nNo, wait: [{{\"name\": \"g\", \"arguments\": {{}}}}]")] == ["f", "g"]
+    assert [c.name for c in parse_calls(f"```json\n{one}\n```\nor\n```json\n{one}\n```")] == ["f", "f"]
+    assert [c.name for c in parse_calls('[f(a={"x": 1})]')] == ["f"]  # Python syntax with a dict inside
+    with pytest.raises(ParseError, match="more than one JSON value"):
+        parse_calls('Action: f\nAction Input: {"a": 1} {"a": 2}')
+    with pytest.raises(ParseError, match="JSON fragments"):
+        parse_calls(one + " {" * 100)

@@ -200,26 +200,28 @@ def split_items(items: Sequence[T], n_test: int | float, seed: int, key: Callabl
 
 def guard_response(response: Any, max_chars: int = MAX_RESPONSE_CHARS) -> str | Outcome:
     """The response as a clean ``str``, or a zero-reward ``Outcome`` saying why it cannot be scored
-    (not text, invalid UTF-8 or lone surrogates, empty, too long). Scorers never raise on input."""
+    (not text, invalid UTF-8 or lone surrogates, empty, too long; ``info["extracted"]`` is None: no
+    answer was read). Scorers never raise on input."""
     if isinstance(response, (bytes, bytearray)):
         try:
             response = bytes(response).decode("utf-8")
         except UnicodeDecodeError:
-            return Outcome(0.0, "Format error: the response is not valid UTF-8.", {"format_error": "encoding"})
+            return Outcome(0.0, "Format error: the response is not valid UTF-8.",
+                           {"format_error": "encoding", "extracted": None})
     if not isinstance(response, str):
-        return Outcome(0.0, "Format error: the response is not text.", {"format_error": "type"})
+        return Outcome(0.0, "Format error: the response is not text.", {"format_error": "type", "extracted": None})
     if len(response) > max_chars:
         return Outcome(0.0, f"Format error: the response is too long ({len(response)} characters; "
-                       f"the limit is {max_chars}).", {"format_error": "too_long"})
+                       f"the limit is {max_chars}).", {"format_error": "too_long", "extracted": None})
     try:
         response.encode("utf-8")
     except UnicodeEncodeError:
         return Outcome(0.0, "Format error: the response contains invalid characters (lone surrogates, "
-                       "not valid UTF-8).", {"format_error": "encoding"})
+                       "not valid UTF-8).", {"format_error": "encoding", "extracted": None})
     if "\x00" in response:
         response = response.replace("\x00", "")
     if not response.strip():
-        return Outcome(0.0, "Format error: the response is empty.", {"format_error": "empty"})
+        return Outcome(0.0, "Format error: the response is empty.", {"format_error": "empty", "extracted": None})
     return response
 
 

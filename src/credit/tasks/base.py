@@ -66,6 +66,14 @@ class BaseTask:
     name = "base"
     _splits: dict[str, list[Example]]
 
+    @property
+    def scorer_name(self) -> str:
+        """The rule that turns a response into a reward, stored with every evaluation (``credit eval``,
+        ``summary.json``) so that an accuracy says how it was scored. A family with one rule is named
+        after itself; a family whose options pick the rule overrides this (a class attribute, set
+        per instance where an option decides)."""
+        return self.name
+
     def examples(self, split: str) -> list[Example]:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")

@@ -3,8 +3,12 @@
 One prompt form for every source: a system prompt asking for ``<reasoning>…</reasoning>`` then
 ``<answer>X</answer>``, and a user message with the question and lettered options. Reward is 1.0 iff
 the LAST complete ``<answer>`` tag holds exactly the correct letter (surrounding whitespace ignored;
-"b", "(B)" or "B. text" are format errors, reported as such). Feedback is format errors only, so the
-teacher never sees the answer, unless ``answer_feedback=True``.
+"b", "(B)", "B. text" or "A B C D" are format errors, reported as such; letters in earlier tags or in
+the reasoning count for nothing). The ``<reasoning>`` block is asked for but, as in SPEC §2, not part
+of the reward: a response without it is scored on its letter and is not told it made an error.
+``strict_format=True`` makes the block part of the reward (missing ⇒ 0 with a format error).
+Feedback is format errors only, so the teacher never sees the answer, unless ``answer_feedback=True``;
+a reward of 1 never comes with feedback. ``info["extracted"]`` is the letter read (None when none is).
 
 Sources:
 - ``SciKnowEvalTask``: SciKnowEval rows as published (hicai-zju/SciKnowEval, JSON lines):
@@ -62,34 +66,42 @@ def render_question(item: MCItem) -> str:
 
 def score_letter(response: Any, labels: tuple[str, ...], answer: str, *, strict_format: bool = False,
                  answer_feedback: bool = False, max_chars: int = _io.MAX_RESPONSE_CHARS) -> Outcome:
-    """The shared MC scorer: exact letter in the last ``<answer>`` tag."""
+    """The shared MC scorer: exact letter in the last ``<answer>`` tag (SPEC §2).
+
+    The ``<reasoning>`` block the prompt asks for is not part of that rule, so by default its absence
+    costs nothing and is not called an error: a reward of 1 comes with no feedback, and a wrong letter
+    with none either unless ``answer_feedback``. With ``strict_format=True`` the format is part of the
+    reward: a ``<reasoning>…</reasoning>`` block must close before the last ``<answer>`` tag, and a
+    response without one scores 0 with a format error, whatever its letter.
+    """
     text = _io.guard_response(response, max_chars)
     if isinstance(text, Outcome):
         return text
     allowed = ", ".join(labels)
-    got = _io.last_answer_tag(text)
-    if got is None:
+    tags = list(_io.ANSWER_TAG.finditer(text))
+    if not tags:
         return Outcome(0.0, f"Format error: no <answer>…</answer> tag found. End with <answer>X</answer> where "
-                       f"X is one of {allowed}.", {"format_error": "no_answer_tag"})
+                       f"X is one of {allowed}.", {"format_error": "no_answer_tag", "extracted": None})
+    last = tags[-1]
+    got = last.group(1).strip()
     if got not in labels:
         return Outcome(0.0, f"Format error: the <answer> tag must hold only the option letter (one of {allowed}); "
-                       f"got {_io.quote(got, 40)}.", {"format_error": "not_a_letter", "extracted": got[:40]})
+                       f"got {_io.quote(got, 40)}.", {"format_error": "not_a_letter", "extracted": None,
+                                                       "raw_answer": got[:40]})
+    reasoning = _REASONING.search(text, 0, last.start())
+    if strict_format and reasoning is None:
+        return Outcome(0.0, "Format error: the reasoning must be inside <reasoning></reasoning> before the answer.",
+                       {"format_error": "no_reasoning", "extracted": None, "has_reasoning": False})
     correct = got == answer
-    notes = []
-    has_reasoning = _REASONING.search(text) is not None
-    if not has_reasoning:
-        notes.append("Format error: the reasoning must be inside <reasoning></reasoning> before the answer.")
-        if strict_format:
-            correct = False
-    if answer_feedback and not correct:
-        notes.append(f"The correct answer is {answer}.")
-    return Outcome(float(correct), " ".join(notes), {"extracted": got, "has_reasoning": has_reasoning})
+    feedback = f"The correct answer is {answer}." if answer_feedback and not correct else ""
+    return Outcome(float(correct), feedback, {"extracted": got, "has_reasoning": reasoning is not None})
 
 
 class _MCQTask(BaseTask):
     """Split and scoring shared by the MC sources; a subclass fills ``self.items``."""
 
     name = "mcq"
+    scorer_name = "last_answer_letter"  # "+reasoning" with strict_format, set per instance
 
     def _init_common(self, seed: int, n_test: int | float, strict_format: bool, answer_feedback: bool,
                      system_prompt: str | None, max_response_chars: int) -> None:
@@ -103,6 +115,7 @@ class _MCQTask(BaseTask):
         if isinstance(max_response_chars, bool) or not isinstance(max_response_chars, int) or max_response_chars < 1:
             raise ValueError(f"max_response_chars must be a positive int, got {max_response_chars!r}")
         self.seed, self.n_test, self.strict_format, self.answer_feedback = seed, n_test, strict_format, answer_feedback
+        self.scorer_name = "last_answer_letter+reasoning" if strict_format else "last_answer_letter"
         self.system_prompt, self.max_response_chars = system_prompt, max_response_chars
 
     def _finish(self, items: list[MCItem], source: str) -> None:

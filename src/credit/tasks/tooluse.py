@@ -5,7 +5,10 @@ A response is parsed into a list of calls ``(name, arguments)`` from any of thes
 - ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks;
 - JSON: a list (or one) of ``{"name": ..., "arguments"|"parameters": {...}}`` or ``{name: {...}}``;
 - Python call syntax, BFCL's own: ``[f(a=1), g(b="x")]`` (keyword arguments, literal values only).
-Code fences around JSON or Python are ignored.
+Code fences around JSON or Python are ignored. Every call the response writes counts: all ReAct
+blocks, all ``<tool_call>`` blocks, every JSON value in every fence ("[call] no, wait: [other call]"
+is two calls), and an argument object holding a second JSON value is a format error; so a response
+cannot hedge with an early right answer followed by another, nor flood with calls (the count differs).
 
 Reward is 1.0 iff the multiset of calls matches the reference (order ignored, SPEC "the set of
 calls and their JSON arguments"). Feedback names format errors always; which call or argument
@@ -66,8 +69,33 @@ _TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 
 
 def _unfence(text: str) -> str:
-    m = _FENCE.search(text)
-    return m.group(1).strip() if m else text.strip()
+    """The contents of every code fence, joined (all of them: a second fence is a second answer, not
+    noise), or the whole text when it has none."""
+    found = _FENCE.findall(text)
+    return "\n".join(f.strip() for f in found) if found else text.strip()
+
+
+_OPEN = re.compile(r"[\[{]")
+MAX_JSON_ATTEMPTS = 64  # decode attempts per text: each is linear in the text, so this bounds the work
+
+
+def _json_values(text: str, start: int = 0) -> tuple[list[tuple[int, Any]], bool]:
+    """``([(offset, value), ...], gave_up)``: every JSON array or object in ``text`` from ``start``,
+    left to right, none inside another; a "[" or "{" that does not start valid JSON is skipped.
+    ``gave_up`` says the scan stopped after ``MAX_JSON_ATTEMPTS`` tries, with text left unread."""
+    dec, values, pos = json.JSONDecoder(), [], start
+    for _ in range(MAX_JSON_ATTEMPTS):
+        m = _OPEN.search(text, pos)
+        if m is None:
+            return values, False
+        try:
+            obj, end = dec.raw_decode(text, m.start())
+        except (ValueError, RecursionError):  # not JSON, a 4300-digit integer, or nested too deep
+            pos = m.start() + 1
+            continue
+        values.append((m.start(), obj))
+        pos = end
+    return values, _OPEN.search(text, pos) is not None
 
 
 def _json_object(raw: str, what: str) -> dict[str, Any]:
@@ -82,6 +110,9 @@ def _json_object(raw: str, what: str) -> dict[str, Any]:
         raise ParseError(f"{what} is not valid JSON ({str(e)[:80]}).") from None
     if not isinstance(obj, dict):
         raise ParseError(f"{what} must be a JSON object, got {type(obj).__name__}.")
+    more, gave_up = _json_values(raw, end)
+    if more or gave_up:  # '{"city": "Paris"} or {"city": "Rome"}' names two answers, not one
+        raise ParseError(f"{what} holds more than one JSON value; give exactly one object.")
     return obj
 
 
@@ -185,15 +216,16 @@ def _parse_calls(text: str) -> list[Call]:
     if blocks:
         return [_call_from_json(_json_object(b, f"Format error: <tool_call> {i}"), i) for i, b in enumerate(blocks, 1)]
     body = _unfence(text)
-    start = min((i for i in (body.find("["), body.find("{")) if i >= 0), default=-1)
-    if start >= 0:
-        try:
-            obj, _ = json.JSONDecoder().raw_decode(body, start)
-        except ValueError:  # JSONDecodeError, or a number too long to convert
-            obj = None
-        if obj is not None:
-            items = obj if isinstance(obj, list) else [obj]
-            return [_call_from_json(o, i) for i, o in enumerate(items, start=1)]
+    first = _OPEN.search(body)
+    values, gave_up = _json_values(body)
+    if first is not None and values and values[0][0] == first.start():
+        # JSON it is (the first bracket opens valid JSON; else it may be Python call syntax). Every
+        # JSON value in the response is read, so "[right call] no, wait: [other call]" is two calls.
+        if gave_up:
+            raise ParseError(f"Format error: more than {MAX_JSON_ATTEMPTS} JSON fragments; write the calls as "
+                             "one JSON list.")
+        items = [o for _, v in values for o in (v if isinstance(v, list) else [v])]
+        return [_call_from_json(o, i) for i, o in enumerate(items, start=1)]
     try:
         return _python_calls(body)
     except ParseError:
@@ -211,11 +243,12 @@ def _parse_response(response: Any, max_chars: int) -> list[Call] | Outcome:
     try:
         calls = parse_calls(text)
     except ParseError as e:
-        return Outcome(0.0, str(e), {"format_error": "parse"})
+        return Outcome(0.0, str(e), {"format_error": "parse", "extracted": None})
     except RecursionError:
-        return Outcome(0.0, "Format error: the calls are nested too deeply to read.", {"format_error": "parse"})
+        return Outcome(0.0, "Format error: the calls are nested too deeply to read.",
+                       {"format_error": "parse", "extracted": None})
     if not calls:
-        return Outcome(0.0, "Format error: no function call found.", {"format_error": "no_call"})
+        return Outcome(0.0, "Format error: no function call found.", {"format_error": "no_call", "extracted": None})
     return calls
 
 
@@ -233,8 +266,9 @@ _NUMERIC = re.compile(r"^-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?$")
 
 def _norm(v: Any) -> Any:
     """A hashable, comparison-ready form of a JSON value (see the module docstring)."""
+    # Constants as text: ("const", None) and ("const", True) could not be sorted against each other.
     if isinstance(v, bool) or v is None:
-        return ("const", v)
+        return ("const", repr(v))
     if isinstance(v, (int, float)):
         return ("num", float(v)) if math.isfinite(v) else ("const", str(v))
     if isinstance(v, str):
@@ -337,6 +371,7 @@ class ToolAlpacaTask(BaseTask):
     """
 
     name = "toolalpaca"
+    scorer_name = "call_multiset"
 
     def __init__(self, path: str | Path | None = None, *, seed: int = 0, n_test: int | float = 0.2,
                  split_by: str = "api", call_feedback: bool = False,
@@ -412,9 +447,11 @@ class ToolAlpacaTask(BaseTask):
         if isinstance(pred, Outcome):
             return pred
         gold = [Call(c["name"], c["arguments"]) for c in example.meta["calls"]]
-        match = sorted((c.name, _norm_args(c.args)) for c in pred) == sorted((c.name, _norm_args(c.args)) for c in gold)
+        got = sorted((c.name, _norm_args(c.args)) for c in pred)
+        match = got == sorted((c.name, _norm_args(c.args)) for c in gold)
         feedback = "" if match or not self.call_feedback else _diff_feedback(pred, gold)
-        return Outcome(float(match), feedback, {"n_calls": len(pred), "n_expected": len(gold)})
+        # The vote key is the compared form itself, so equal keys always score alike.
+        return Outcome(float(match), feedback, {"n_calls": len(pred), "n_expected": len(gold), "extracted": repr(got)})
 
 
 # --------------------------------------------------------------------------------------------
@@ -507,6 +544,16 @@ def _bfcl_match(pred: list[Call], gt: list[tuple[str, dict]], specs: dict[str, d
     return True, ""
 
 
+def _exact(v: Any) -> str:
+    """A canonical text of a parsed value that keeps every distinction BFCL's checker makes (types:
+    1, 1.0, "1" and True differ; dict order and list-vs-tuple do not): the vote key of a call."""
+    if isinstance(v, dict):
+        return "{" + ", ".join(sorted(f"{_exact(k)}: {_exact(x)}" for k, x in v.items())) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_exact(x) for x in v) + "]"
+    return repr(v)
+
+
 def bfcl_data_dir() -> Path | None:
     root = _io.package_dir("bfcl_eval")
     return root / "data" if root and (root / "data").is_dir() else None
@@ -521,6 +568,7 @@ class BFCLTask(BaseTask):
     """
 
     name = "bfcl"
+    scorer_name = "bfcl_ast"
 
     def __init__(self, path: str | Path | None = None, *, answer_path: str | Path | None = None,
                  categories: Sequence[str] = ("simple", "multiple", "parallel"), seed: int = 0,
@@ -611,4 +659,5 @@ class BFCLTask(BaseTask):
         specs = {n: {"parameters": {"required": r}} for n, r in example.meta["required"].items()}
         ok, problem = _bfcl_match(pred, gt, specs)
         feedback = "" if ok or not self.call_feedback else problem
-        return Outcome(float(ok), feedback, {"n_calls": len(pred), "n_expected": len(gt)})
+        extracted = "; ".join(sorted(f"{c.name}({_exact(c.args)})" for c in pred))
+        return Outcome(float(ok), feedback, {"n_calls": len(pred), "n_expected": len(gt), "extracted": extracted})
