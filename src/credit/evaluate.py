@@ -4,11 +4,14 @@
 - ``pass@k``: the unbiased estimator of Chen et al. 2021 (Codex), per item
   ``1 − C(n−c, k) / C(n, k)`` with ``c`` the samples whose reward reaches ``success_threshold``,
   averaged over items; computed as ``1 − Π_{i=n−c+1}^{n} (1 − k/i)`` (no huge binomials).
-- ``maj@n``: majority vote over the samples' final answers; the item scores the reward of the
-  winning answer (ties: the answer seen first). The answer of a sample is ``Outcome.info["extracted"]``
-  or ``info["answer"]`` when present, else its whitespace-normalized text. A key counts as the
-  *answer* only when it determines the reward within the item (same key ⇒ same reward); otherwise
-  (e.g. a task that stores the *gold* answer under ``info["answer"]``) the normalized text is used.
+- ``maj@n``: majority vote over the samples' answers; the item scores the reward of the winning
+  answer (the mean over the samples that gave it, which is their common reward when the scorer is
+  deterministic; ties: the answer seen first). A sample's answer is ``Outcome.info["extracted"]``, the
+  answer the task's scorer read, compared exactly (each task writes it in a canonical form). A sample
+  from which nothing was extracted (``None``: no tag, no final number, unparseable calls) casts no
+  vote: unanswered samples never form a bloc that outvotes an answer, and an item where no sample
+  answered scores 0. The gold answer is never a vote. Only a task whose outcomes carry no
+  ``"extracted"`` key at all is voted on by the whitespace-normalized response text.
 
 Generation is batched: every prompt × ``n`` goes through ``credit.rollout.sample`` in micro-batches of
 ``batch_size`` sequences; scoring uses the task's ``score_batch``.
@@ -23,8 +26,6 @@ from typing import Any
 
 from credit import viz
 from credit.viz import UserError
-
-ANSWER_KEYS = ("extracted", "answer")
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -43,24 +44,25 @@ def _normalize(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def answer_keys(infos: Sequence[dict[str, Any]], responses: Sequence[str], rewards: Sequence[float]) -> list[str]:
-    """One item's vote keys (see the module docstring)."""
-    for key in ANSWER_KEYS:
-        if all(key in info and info[key] is not None for info in infos):
-            keys = [_normalize(info[key]) for info in infos]
-            reward_of: dict[str, float] = {}
-            if all(reward_of.setdefault(k, r) == r for k, r in zip(keys, rewards)):
-                return keys
+def answer_keys(infos: Sequence[dict[str, Any]], responses: Sequence[str]) -> list[str | None]:
+    """One item's vote keys: ``info["extracted"]`` as text, None where nothing was extracted (no vote);
+    the normalized response text only when no outcome of the item carries the key."""
+    if any("extracted" in info for info in infos):
+        return [None if info.get("extracted") is None else str(info["extracted"]) for info in infos]
     return [_normalize(r) for r in responses]
 
 
-def majority_vote(keys: Sequence[str], rewards: Sequence[float]) -> tuple[str, int, float]:
-    """``(answer, votes, reward)`` of the most frequent key; ties go to the key seen first."""
-    counts: dict[str, int] = {}
-    for k in keys:
-        counts[k] = counts.get(k, 0) + 1
-    best = max(counts, key=lambda k: (counts[k], -keys.index(k)))
-    return best, counts[best], rewards[keys.index(best)]
+def majority_vote(keys: Sequence[str | None], rewards: Sequence[float]) -> tuple[str | None, int, float]:
+    """``(answer, votes, reward)`` of the most frequent key, its reward the mean over its voters; ties
+    go to the key seen first; None keys abstain, and with no votes at all the result is (None, 0, 0.0)."""
+    voters: dict[str, list[float]] = {}  # insertion order = first seen
+    for k, r in zip(keys, rewards, strict=True):
+        if k is not None:
+            voters.setdefault(k, []).append(r)
+    if not voters:
+        return None, 0, 0.0
+    best = max(voters, key=lambda k: len(voters[k]))  # max keeps the first of equal counts
+    return best, len(voters[best]), sum(voters[best]) / len(voters[best])
 
 
 def default_ks(n: int) -> list[int]:
@@ -92,8 +94,9 @@ def evaluate(
     """Evaluate ``model`` on ``task``'s ``split`` with ``n`` samples per item.
 
     Returns a dict with ``mean@n``, ``pass@k`` for each ``k`` in ``ks`` (default 1, 2, 4, …, n),
-    ``maj@n`` (floats in [0, 1]), ``num_items``, timing, the settings, and ``items`` (per item: id,
-    rewards, correct count, the majority answer and its votes). The model's train/eval mode is
+    ``maj@n`` (floats in [0, 1]), ``num_items``, timing, the settings, ``scorer`` (the task's
+    ``scorer_name``: which rule produced the rewards), and ``items`` (per item: id, rewards, correct
+    count, the majority answer, None when no sample answered, and its votes). The model's train/eval mode is
     restored; the global RNG is untouched (sampling is seeded by ``seed``).
     """
     from credit.rollout import SamplingConfig, encode_prompts, sample
@@ -117,7 +120,7 @@ def evaluate(
         sl = slice(i * n, (i + 1) * n)  # the n samples of item i (contiguous)
         rewards = [o.reward for o in outcomes[sl]]
         c = sum(r >= success_threshold for r in rewards)
-        keys = answer_keys([o.info for o in outcomes[sl]], rollouts.texts[sl], rewards)
+        keys = answer_keys([o.info for o in outcomes[sl]], rollouts.texts[sl])
         answer, votes, maj_reward = majority_vote(keys, rewards)
         means.append(sum(rewards) / n)
         majs.append(maj_reward)
@@ -129,7 +132,8 @@ def evaluate(
     m = len(examples)
     lengths = [len(y) for y in rollouts.response_ids]
     result: dict[str, Any] = {
-        "task": getattr(task, "name", type(task).__name__), "split": split, "n": n, "ks": list(ks),
+        "task": getattr(task, "name", type(task).__name__), "scorer": getattr(task, "scorer_name", None),
+        "split": split, "n": n, "ks": list(ks),
         "num_items": m, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed,
         "success_threshold": success_threshold,
         f"mean@{n}": sum(means) / m,
@@ -157,7 +161,7 @@ def print_table(result: dict[str, Any]) -> None:
 
     metrics = headline(result)
     table = Table(title=f"{result['task']} / {result['split']}: {result['num_items']} items × n={result['n']} "
-                        f"(T={result['temperature']})")
+                        f"(T={result['temperature']}, scorer {result.get('scorer')})")
     for k in metrics:
         table.add_column(k, justify="right")
     table.add_row(*(f"{v:.4f}" for v in metrics.values()))

@@ -70,9 +70,13 @@ class BaseTask:
     def scorer_name(self) -> str:
         """The rule that turns a response into a reward, stored with every evaluation (``credit eval``,
         ``summary.json``) so that an accuracy says how it was scored. A family with one rule is named
-        after itself; a family whose options pick the rule overrides this (a class attribute, set
-        per instance where an option decides)."""
-        return self.name
+        after itself; a family whose options pick the rule overrides this (a class attribute, or
+        ``self.scorer_name = ...`` where an option decides)."""
+        return self.__dict__.get("_scorer_name", self.name)
+
+    @scorer_name.setter
+    def scorer_name(self, value: str) -> None:
+        self.__dict__["_scorer_name"] = value
 
     def examples(self, split: str) -> list[Example]:
         if split not in ("train", "test"):
