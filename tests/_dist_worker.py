@@ -36,7 +36,7 @@ def main(model_dir: str, out: str, *overrides: str) -> None:
     train_mod.sample = fixed_sample
     cfg = load_config(None, [f"model.name={model_dir}", "device=cpu", "out_dir=/tmp/credit-dist-unused",
                              "rollout.prompts_per_step=4", "rollout.samples_per_prompt=3", "rollout.max_new_tokens=6",
-                             "optim.micro_batch=2", "optim.lr=1e-3", "credit.negative_strategy=roll",
+                             "optim.micro_batch=2", "optim.lr=1e-3", "credit.negative_strategy=roll", "model.dtype=float64",
                              "task.options={answer_feedback: true}", *overrides])
     trainer = train_mod.Trainer(cfg)
     # two steps: Adam's first update is sign-like, the second depends on gradient magnitudes

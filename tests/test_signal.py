@@ -137,12 +137,6 @@ def test_group_advantages():
     assert torch.equal(signal.group_advantages(torch.ones(4), 2), torch.zeros(4))  # no spread, no signal
 
 
-def test_blend():
-    a, b = torch.tensor([1.0, -1.0]), torch.tensor([3.0, 5.0])
-    torch.testing.assert_close(signal.blend_advantages(a, b, 0.25), torch.tensor([2.5, 3.5]))
-    assert torch.equal(signal.blend_advantages(a, b, 0.0), b)
-
-
 @pytest.mark.parametrize(
     "call, match",
     [

@@ -256,26 +256,34 @@ def clip_advantage(adv: torch.Tensor, max_abs: float | None) -> torch.Tensor:
 
 
 def group_advantages(
-    scores: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6
+    scores: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """GRPO's advantage: score minus its prompt-group mean, optionally divided by the group std.
 
     scores: (N,) with N = B·G, groups contiguous. Returns (N,). ``scale_by_std=False`` is Dr. GRPO.
+    ``mask`` (N,): only rows with mask 1 enter their group's mean and (unbiased) std, and only they get
+    an advantage (0 elsewhere) — sequence-mode CREDIT normalizes over the rollouts that have a teacher
+    signal. A group with one active row gives it 0 (nothing to compare with).
     """
     if scores.dim() != 1 or group_size < 1 or scores.shape[0] % group_size:
         raise ValueError(
             f"scores must be (N,) with N a multiple of group_size={group_size}, got {tuple(scores.shape)}"
         )
     grouped = scores.float().view(-1, group_size)  # (B, G)
+    if mask is not None:
+        check_same_shape(scores=scores, mask=mask)
+        active = mask.bool().view(-1, group_size)  # (B, G)
+        count = active.sum(1, keepdim=True).float()  # (B, 1)
+        kept = torch.where(active, grouped, torch.zeros_like(grouped))
+        centered = torch.where(active, grouped - kept.sum(1, keepdim=True) / count.clamp(min=1), kept)
+        if scale_by_std:
+            std = ((centered**2).sum(1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()
+            centered = centered / (std + eps)
+        return centered.view(-1)
     centered = grouped - grouped.mean(dim=1, keepdim=True)
     if scale_by_std:
         # unbiased std like TRL's GRPO; a group of one has no spread (and a zero advantage anyway)
         std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.ones_like(grouped[:, :1])
         centered = centered / (std + eps)
     return centered.view(-1)
-
-
-def blend_advantages(a_grpo: torch.Tensor, a_sd: torch.Tensor, w: float) -> torch.Tensor:
-    """A = w·A_GRPO + (1−w)·A_SD (SDPO paper Eq. 3). a_grpo broadcasts from (N, 1) or (N, T)."""
-    check_unit_interval("w", w)
-    return w * a_grpo + (1.0 - w) * a_sd

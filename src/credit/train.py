@@ -1,20 +1,24 @@
-"""``credit train``: the on-policy loop of SPEC.md §1, one code path for GRPO, SDPO and CREDIT.
+"""``credit train``: the on-policy loop, one code path for every method (docs/method.md).
 
 Each step, in the order the data flows:
-  1. prompts   B examples of the train split; the order is fixed by (seed, step)
+  1. prompts   B distinct examples of the train split; the order is fixed by (seed, step)
   2. rollout   G samples per prompt from the student
   3. tasks     every rollout -> Outcome(reward, feedback)
-  4. teacher   contexts c (demo and/or feedback), CREDIT's negatives c^(k), teacher log-probs
-  5. update    credit mode -> per-token loss -> the one aggregation -> AdamW (epochs × mini-batches)
-  6. teacher   θ_T update, metrics, sampled rollouts, atomic checkpoint
+  4. teacher   contexts c (demo and/or feedback), CREDIT's negatives c^(k) from other problems
+  5. method    ``method.prepare``: teacher log-probs, G, advantages (credit.methods)
+  6. update    ``method.loss`` per micro-batch -> the one aggregation -> AdamW (epochs × mini-batches)
+  7. teacher   θ_T update, metrics, sampled rollouts, atomic checkpoint
+
+The loop knows no method: what differs between GRPO, SDPO and CREDIT (and between the token, logit
+and sequence modes) lives in one small class of ``credit.methods``, built once from the config.
 
 Where it departs from the SDPO reference code (on purpose):
   - the teacher context is truncated in the demo and the feedback, never in the problem statement;
   - teacher (and negative) forward passes run only for rollouts that have a teacher signal;
   - every random draw of a step (prompts, sampling, negatives, mini-batch order) is seeded by
     (seed, step), so a run resumed from a checkpoint continues exactly as the uninterrupted one;
-  - with fewer than two prompt groups CREDIT cannot contrast: the config refuses it before any model
-    loads, and every step reports ``credit/contrast_possible`` from the negatives it built.
+  - an epoch is floor(|train| / B) steps (the remainder of each shuffled pass is dropped), so a step
+    never holds the same example twice and a negative is never the rollout's own problem.
 """
 
 from __future__ import annotations
@@ -24,42 +28,23 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import reduce
 
-from credit import checkpoint, signal
+from credit import checkpoint, runs
 from credit import objectives as obj
 from credit.config import TrainConfig, dump
 from credit.evaluate import evaluate, headline
+from credit.methods import Micro, StepBatch, build_method
 from credit.rollout import SamplingConfig, encode_prompts, sample
 from credit.scoring import Packed, pack, response_logits, response_logprobs
 from credit.signal import token_logprobs
 from credit.tasks import Example, build_task
-from credit.teacher import build_negative_contexts, build_teacher_contexts, sample_negative_groups
+from credit.teacher import build_negative_contexts, build_teacher_contexts, problem_keys, sample_negative_groups
 from credit.teacher.weights import Teacher
-
-
-# ----------------------------------------------------------------------------- what one step produces
-
-
-@dataclass
-class StepBatch:
-    """Everything the update needs; row n is rollout n of this process (N rows, R response columns)."""
-
-    student: Packed  # (x, y)
-    teacher: Packed  # (c, y)
-    negatives: list[Packed]  # K packs of (c^(k), y); rows without a teacher signal repeat c
-    rewards: torch.Tensor  # (N,)
-    has_signal: torch.Tensor  # (N,) 1.0 where the teacher has demo or feedback
-    grpo_adv: torch.Tensor  # (N,) group-normalized reward
-    teacher_logp: torch.Tensor | None = None  # (N, R) ℓT, token/sequence modes
-    generic_logp: torch.Tensor | None = None  # (N, R) G, CREDIT token/sequence modes
-    seq_adv: torch.Tensor | None = None  # (N,) sequence mode
-    old_logp: torch.Tensor | None = None  # (N, R) ℓold, off-policy updates
 
 
 def _rng(seed: int, step: int, stream: str) -> random.Random:
@@ -71,44 +56,39 @@ def _torch_gen(seed: int, step: int, stream: str) -> torch.Generator:
 
 
 def step_prompts(train: list[Example], batch: int, seed: int, step: int) -> list[Example]:
-    """Epoch-wise shuffled order: step s takes items s·B .. s·B+B−1 of the concatenated permutations."""
-    out = []
-    for i in range(step * batch, step * batch + batch):
-        epoch, pos = divmod(i, len(train))
-        order = list(range(len(train)))
-        _rng(seed, epoch, "order").shuffle(order)
-        out.append(train[order[pos]])
-    return out
+    """The B examples of step ``step``: epoch e is a permutation seeded by (seed, e) cut into
+    floor(|train| / B) steps; its last |train| mod B items are dropped (a different few each epoch),
+    so the B examples of a step are always distinct."""
+    if batch > len(train):
+        raise ValueError(f"rollout.prompts_per_step={batch} is larger than the train split ({len(train)} "
+                         "examples): a step holds distinct examples; lower rollout.prompts_per_step")
+    per_epoch = len(train) // batch
+    epoch, pos = divmod(step, per_epoch)
+    order = list(range(len(train)))
+    _rng(seed, epoch, "order").shuffle(order)
+    return [train[i] for i in order[pos * batch: pos * batch + batch]]
 
 
-# ----------------------------------------------------------------------------- teacher scoring
+class TeacherScorer:
+    """The teacher's no-grad forwards, as a method asks for them (``credit.methods.Scorer``)."""
 
+    def __init__(self, teacher: Teacher, student, temperature: float, micro_batch: int):
+        self.teacher, self.student, self.temperature, self.micro = teacher, student, temperature, micro_batch
 
-@torch.no_grad()
-def _score_pairs(teacher: Teacher, model, packed: Packed, temperature: float, micro: int) -> torch.Tensor:
-    """ℓ of the response tokens under the teacher for each packed row: (M, R)."""
-    parts = []
-    for s in range(0, packed.input_ids.shape[0], micro):
-        rows = packed.rows(slice(s, s + micro))
-        parts.append(token_logprobs(teacher.response_logits(model, rows), rows.response_ids, temperature))
-    return torch.cat(parts) if parts else torch.zeros(0, packed.response_len)
+    @torch.no_grad()
+    def teacher_logprobs(self, packs: list[Packed]) -> torch.Tensor:
+        """ℓ of the response tokens under the teacher for every row of every pack: (P, M, R)."""
+        m, r = packs[0].response_ids.shape
+        joined = Packed(*(_cat_padded([getattr(p, f) for p in packs], f) for f in Packed.__dataclass_fields__))
+        parts = []
+        for s in range(0, joined.input_ids.shape[0], self.micro):
+            rows = joined.rows(slice(s, s + self.micro))
+            parts.append(token_logprobs(self.teacher.response_logits(self.student, rows), rows.response_ids,
+                                        self.temperature))
+        return torch.cat(parts).view(len(packs), m, r)
 
-
-def score_teacher(teacher, model, batch: StepBatch, k: int, aggregator: str, temperature: float, micro: int):
-    """ℓT and G for the rows with a signal, one batched pass; zeros elsewhere. -> (N, R), (N, R) | None."""
-    n, r = batch.student.response_ids.shape
-    active = batch.has_signal.nonzero().squeeze(-1)
-    teacher_logp = torch.zeros(n, r, device=batch.student.input_ids.device)
-    generic = torch.zeros_like(teacher_logp) if k else None
-    if active.numel() == 0:
-        return teacher_logp, generic
-    packs = [batch.teacher.rows(active)] + [neg.rows(active) for neg in batch.negatives]
-    joined = Packed(*(_cat_padded([getattr(p, f) for p in packs], f) for f in Packed.__dataclass_fields__))
-    logp = _score_pairs(teacher, model, joined, temperature, micro).view(1 + k, active.numel(), r)
-    teacher_logp[active] = logp[0]
-    if k:
-        generic[active] = signal.generic_part(logp[1:].transpose(0, 1), aggregator)
-    return teacher_logp, generic
+    def teacher_logits(self, packed: Packed) -> torch.Tensor:
+        return self.teacher.response_logits(self.student, packed)
 
 
 def _cat_padded(tensors: list[torch.Tensor], field: str) -> torch.Tensor:
@@ -117,68 +97,6 @@ def _cat_padded(tensors: list[torch.Tensor], field: str) -> torch.Tensor:
         return torch.cat(tensors)
     width = max(t.shape[1] for t in tensors)
     return torch.cat([torch.nn.functional.pad(t, (width - t.shape[1], 0)) for t in tensors])
-
-
-# ----------------------------------------------------------------------------- credit modes
-
-
-@dataclass
-class Micro:
-    """One micro-batch of the update: the student's forward with gradient and the step's targets."""
-
-    rows: torch.Tensor  # (n,) row indices into the StepBatch
-    logits: torch.Tensor  # (n, R, V) student logits (grad)
-    logp: torch.Tensor  # (n, R) ℓS (grad)
-    old_logp: torch.Tensor  # (n, R) ℓold
-    off_policy: bool
-
-
-def token_credit(m: Micro, b: StepBatch, cfg: TrainConfig, teacher: Teacher, model, lam: float) -> torch.Tensor:
-    """SDPO/CREDIT token mode: −sg(r^λ_t)·w_t·ℓS_t, r^λ = (1−λ)ΔV + λS (optionally reward-to-go, clipped)."""
-    c, mask = cfg.credit, b.student.response_mask[m.rows]
-    t_lp = b.teacher_logp[m.rows]
-    dv = signal.delta_v(t_lp, m.logp.detach())
-    spec = dv if b.generic_logp is None else signal.specific_part(t_lp, b.generic_logp[m.rows])
-    adv = signal.credit_reward(dv, spec, lam)
-    if c.reward_to_go:
-        adv = signal.reward_to_go(adv, mask, c.gamma)
-    adv = signal.clip_advantage(adv, c.clip_advantage)
-    weight = obj.importance_weight(m.logp, m.old_logp, cfg.optim.is_clip) if m.off_policy else None
-    return obj.reinforce_loss(m.logp, adv, weight)
-
-
-def logit_credit(m: Micro, b: StepBatch, cfg: TrainConfig, teacher: Teacher, model, lam: float) -> torch.Tensor:
-    """SDPO logit mode D_α(p_S, p_T) or CREDIT's −Σ_v p_S(v)·sg(A(v)) on the student's top-K (+ tail)."""
-    c, temp = cfg.credit, cfg.rollout.temperature
-    index = obj.topk_index(m.logits, c.top_k) if c.top_k else None
-    student = obj.support_logprobs(m.logits, index, temp, c.tail)
-    teacher_sup = obj.support_logprobs(teacher.response_logits(model, b.teacher.rows(m.rows)), index, temp, c.tail)
-    if lam > 0:
-        negs = torch.stack([obj.support_logprobs(teacher.response_logits(model, neg.rows(m.rows)), index, temp, c.tail)
-                            for neg in b.negatives], dim=1)  # (n, K, R, U)
-        generic = signal.AGGREGATORS[c.aggregator](negs)
-        loss = obj.credit_logit_loss(student, teacher_sup, generic, lam)
-    else:
-        loss = obj.divergence(student, teacher_sup, c.alpha)
-    if m.off_policy:
-        loss = loss * obj.importance_weight(m.logp, m.old_logp, cfg.optim.is_clip)
-    return loss
-
-
-def sequence_credit(m: Micro, b: StepBatch, cfg: TrainConfig, teacher: Teacher, model, lam: float) -> torch.Tensor:
-    """Sequence mode: the group-normalized contrastive score Σ_t S_t broadcast to every token."""
-    adv = b.seq_adv[m.rows, None].expand_as(m.logp)
-    weight = obj.importance_weight(m.logp, m.old_logp, cfg.optim.is_clip) if m.off_policy else None
-    return obj.reinforce_loss(m.logp, adv, weight)
-
-
-CREDIT_MODES = {"token": token_credit, "logits": logit_credit, "sequence": sequence_credit}
-
-
-def grpo_loss(m: Micro, b: StepBatch, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Outcome RL: PPO-clipped surrogate with the group-normalized reward. -> (loss, clipped) (n, R)."""
-    adv = b.grpo_adv[m.rows, None].expand_as(m.logp)
-    return obj.ppo_clip_loss(m.logp, m.old_logp, adv, cfg.optim.eps_low, cfg.optim.eps_high)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -191,16 +109,24 @@ class Trainer:
         from credit.models import load_model
 
         self.cfg = cfg
-        self.acc = accelerator or Accelerator(cpu=cfg.device == "cpu")
+        # bf16/fp16 compute under autocast over fp32 master weights: a bf16 parameter would round most
+        # lr·update steps away (one bf16 AdamW step at lr 1e-6 changed 2% of the tiny model's weights)
+        mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.model.dtype, "no")
+        self.acc = accelerator or Accelerator(cpu=cfg.device == "cpu", mixed_precision=mixed)
         self.out = Path(cfg.out_dir)
-        if self.acc.num_processes > 1 and cfg.method == "credit" and cfg.credit.swap == "context":
+        if self.acc.num_processes > 1 and cfg.credit.swap == "context" and build_method(cfg).num_negatives:
             raise ValueError("credit.swap=context needs every prompt group's teacher context in one process; "
                              "use credit.swap=input with several processes")
         self.task = build_task(cfg.task.name, **cfg.task.options)
         self.train_split = self.task.examples("train")
         if not self.train_split:
             raise ValueError(f"task '{cfg.task.name}' has no training examples")
-        model, self.tok = load_model(cfg.model.name, dtype=cfg.model.dtype, cache_dir=cfg.model.cache_dir)
+        master = "float64" if cfg.model.dtype == "float64" else "float32"
+        model, self.tok = load_model(cfg.model.name, dtype=master, cache_dir=cfg.model.cache_dir)
+        if cfg.model.gradient_checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        # a checkpointed model in train mode drops the KV cache that prefix sharing passes through it
+        self.share_prefix = cfg.optim.share_prefix and not cfg.model.gradient_checkpointing
         if cfg.model.lora is not None:
             from peft import LoraConfig, get_peft_model
 
@@ -208,13 +134,15 @@ class Trainer:
             model = get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
                                                      target_modules=lc.target_modules, task_type="CAUSAL_LM"))
         model.to(self.acc.device).train()
+        self.method = build_method(cfg)
         # θ_T from the initial weights; GRPO never asks a teacher, so it keeps no copy ("live" holds nothing)
-        teacher_kind = "live" if cfg.method == "grpo" else cfg.teacher.kind
-        self.teacher = Teacher(teacher_kind, cfg.teacher.update_rate, model, cfg.optim.share_prefix)
+        teacher_kind = cfg.teacher.kind if self.method.uses_teacher else "live"
+        self.teacher = Teacher(teacher_kind, cfg.teacher.update_rate, model, self.share_prefix)
         o = cfg.optim
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        self.scorer = TeacherScorer(self.teacher, self.unwrapped, cfg.rollout.temperature, cfg.optim.micro_batch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.pad_id = self.tok.pad_token_id
         self.start_step = 0
@@ -231,9 +159,9 @@ class Trainer:
     def unwrapped(self):
         return self.acc.unwrap_model(self.model)
 
-    # ---- 1-4: rollout, outcomes, teacher contexts, scoring
+    # ---- 1-5: rollout, outcomes, teacher contexts and negatives, the method's targets
 
-    def collect(self, step: int) -> tuple[StepBatch, dict, list[dict], float]:
+    def collect(self, step: int) -> tuple[StepBatch, dict, list[dict]]:
         cfg, c = self.cfg, self.cfg.credit
         world, rank = self.acc.num_processes, self.acc.process_index
         if cfg.rollout.prompts_per_step % world:
@@ -267,7 +195,7 @@ class Trainer:
         metrics.update(zip(("task/reward_mean", "task/success_fraction", "task/feedback_fraction"), task_means))
         metrics["perf/score_s"] = time.perf_counter() - t1
 
-        # 4. teacher contexts and negatives
+        # 4. teacher contexts and negatives (other problems of the global batch)
         t2 = time.perf_counter()
         t = cfg.teacher
         contexts = build_teacher_contexts(
@@ -276,13 +204,13 @@ class Trainer:
             include_feedback=t.include_feedback, feedback_only_without_demo=t.feedback_only_without_demo,
             max_context_tokens=t.max_context_tokens)
         metrics.update(contexts.metrics())
-        lam, k = self._lam_and_k()
+        k = self.method.num_negatives
         negative_contexts, mine = [[] for _ in groups], [[] for _ in groups]
         if k:
             # drawn over the global batch with a shared generator, so every process agrees
             all_groups = [g for g in range(len(examples)) for _ in range(cfg.rollout.samples_per_prompt)]
-            drawn = sample_negative_groups(all_groups, c.num_negatives, c.negative_strategy,
-                                           _rng(cfg.seed, step, "negatives"))
+            drawn = sample_negative_groups(all_groups, k, c.negative_strategy, _rng(cfg.seed, step, "negatives"),
+                                           problems=problem_keys(examples))
             mine = drawn[rank * len(groups): (rank + 1) * len(groups)]
             negs = build_negative_contexts(self.tok, examples, groups, contexts, mine, swap=c.swap,
                                            max_context_tokens=t.max_context_tokens)
@@ -298,88 +226,64 @@ class Trainer:
                             responses, self.pad_id, r_len).to(device) for j in range(k)],
             rewards=rewards.to(device),
             has_signal=torch.tensor(contexts.has_signal, dtype=torch.float32, device=device),
-            grpo_adv=signal.group_advantages(rewards, cfg.rollout.samples_per_prompt, c.grpo_scale_std).to(device),
+            has_contrast=torch.tensor([len(n) == k > 0 for n in negative_contexts], dtype=torch.float32, device=device),
+            group_size=cfg.rollout.samples_per_prompt,
         )
         metrics["perf/context_s"] = time.perf_counter() - t2
 
-        # teacher scoring once per step (logit mode scores inside the update, on the student's top-K)
+        # 5. the method's targets: teacher log-probs, G, advantages (no grad)
         t3 = time.perf_counter()
-        needs_teacher = cfg.method != "grpo" and (c.mode != "logits")
-        if needs_teacher:
-            batch.teacher_logp, batch.generic_logp = score_teacher(
-                self.teacher, self.unwrapped, batch, k, c.aggregator, cfg.rollout.temperature, cfg.optim.micro_batch)
-        if cfg.method == "credit" and c.mode == "sequence":
-            s = signal.specific_part(batch.teacher_logp, batch.generic_logp if k else batch.teacher_logp)
-            score = signal.sequence_sum(s, batch.student.response_mask)
-            if c.sequence_length_normalize:
-                score = score / batch.student.response_mask.sum(-1).clamp(min=1)
-            batch.seq_adv = signal.group_advantages(score.cpu(), cfg.rollout.samples_per_prompt).to(device)
-        if cfg.optim.epochs * cfg.optim.mini_batches > 1:
+        if self.off_policy or self.method.needs_student_logp:
             with torch.no_grad():
                 batch.old_logp = response_logprobs(self.unwrapped, batch.student, cfg.rollout.temperature,
-                                                   cfg.optim.micro_batch, share_prefix=cfg.optim.share_prefix)
+                                                   cfg.optim.micro_batch, share_prefix=self.share_prefix)
+        self.method.prepare(batch, self.scorer)
         metrics["perf/teacher_s"] = time.perf_counter() - t3
         metrics["perf/rollout_s"] = t1 - t0
         records = self._records(step, examples, groups, rollouts, outcomes, contexts, negative_contexts, mine)
-        return batch, metrics, records, lam
+        return batch, metrics, records
 
-    def _lam_and_k(self) -> tuple[float, int]:
-        """λ and K of this run; the config already refuses CREDIT with fewer than two prompt groups."""
-        cfg = self.cfg
-        if cfg.method != "credit":
-            return 0.0, 0
-        k = cfg.rollout.prompts_per_step - 1 if cfg.credit.negative_strategy == "all" else cfg.credit.num_negatives
-        return cfg.credit.lam, k
+    @property
+    def off_policy(self) -> bool:
+        return self.cfg.optim.epochs * self.cfg.optim.mini_batches > 1
 
-    # ---- 5: update
+    # ---- 6: update
 
-    def update(self, batch: StepBatch, lam: float, step: int) -> dict:
+    def update(self, batch: StepBatch, step: int) -> dict:
         cfg, o = self.cfg, self.cfg.optim
         n = batch.rewards.shape[0]
-        off_policy = o.epochs * o.mini_batches > 1
-        w = 1.0 if cfg.method == "grpo" else cfg.credit.grpo_weight
-        sd_fn = CREDIT_MODES[cfg.credit.mode]
         world = self.acc.num_processes
-        seen_logp = torch.zeros_like(batch.student.response_mask)
+        batch.student_logp = torch.zeros_like(batch.student.response_mask)
         sums = {"loss": 0.0, "clip": 0.0, "tokens": 0.0}
-        finite_steps = 0
+        finite_steps, grad_norm = 0, 0.0
         gen = _torch_gen(cfg.seed, step, "minibatch")
         for epoch in range(o.epochs):
             order = torch.randperm(n, generator=gen) if o.mini_batches > 1 else torch.arange(n)
             for mb in order.to(batch.rewards.device).chunk(o.mini_batches):
-                mask = batch.student.response_mask[mb]
-                sd_mask = mask * batch.has_signal[mb, None]
                 # global denominators: the same loss whatever the micro-batching or the process count
-                norms = reduce(torch.stack([mask.sum(), sd_mask.sum(), torch.tensor(float(len(mb)), device=mask.device)]),
-                               reduction="sum")
-                tok_norm = norms[0] if o.loss_aggregation == "token-mean" else norms[2]
-                sd_norm = norms[1] if o.loss_aggregation == "token-mean" else norms[2]
-                micros = mb.split(o.micro_batch)
+                tokens, seqs = reduce(torch.stack([self.method.loss_mask(batch, mb).sum(),
+                                                   torch.tensor(float(len(mb)), device=batch.rewards.device)]),
+                                      reduction="sum")
+                norm = tokens if o.loss_aggregation == "token-mean" else seqs
+                # no token carries an advantage (no teacher signal anywhere): no backward, no gradient
+                micros = mb.split(o.micro_batch) if tokens > 0 else ()
                 for i, rows in enumerate(micros):
                     ctx = self.acc.no_sync(self.model) if i < len(micros) - 1 else contextlib.nullcontext()
                     with ctx:
                         packed = batch.student.rows(rows)
-                        logits = response_logits(self.model, packed, o.share_prefix)
+                        logits = response_logits(self.model, packed, self.share_prefix)
                         logp = token_logprobs(logits, packed.response_ids, cfg.rollout.temperature)
-                        old = batch.old_logp[rows] if off_policy else logp.detach()
-                        m = Micro(rows, logits, logp, old, off_policy)
-                        mmask = batch.student.response_mask[rows]
-                        loss = torch.zeros((), device=logp.device)
-                        if w > 0:
-                            g_loss, clipped = grpo_loss(m, batch, cfg)
-                            loss = loss + w * obj.aggregate(g_loss, mmask, o.loss_aggregation, normalizer=tok_norm.clamp(min=1))
-                            sums["clip"] += signal.masked_sum(clipped.float(), mmask).item()
-                        if w < 1 and norms[1] > 0:
-                            sd = sd_fn(m, batch, cfg, self.teacher, self.unwrapped, lam)
-                            smask = mmask * batch.has_signal[rows, None]
-                            loss = loss + (1 - w) * obj.aggregate(sd, smask, o.loss_aggregation,
-                                                                  normalizer=sd_norm.clamp(min=1))
-                        if loss.requires_grad:  # False only when no rollout of the batch has a teacher signal
-                            self.acc.backward(loss * world)  # DDP averages gradients over processes
-                        sums["loss"] += loss.item()
-                        sums["tokens"] += mmask.sum().item()
+                        old = batch.old_logp[rows] if self.off_policy else logp.detach()
                         if epoch == 0:
-                            seen_logp[rows] = logp.detach()
+                            batch.student_logp[rows] = logp.detach()
+                        out = self.method.loss(Micro(rows, logits, logp, old, self.off_policy, epoch == 0),
+                                               batch, self.scorer)
+                        loss = obj.aggregate(out.loss, out.mask, o.loss_aggregation, normalizer=norm)
+                        self.acc.backward(loss * world)  # DDP averages gradients over processes
+                        sums["loss"] += loss.item()
+                        sums["tokens"] += packed.response_mask.sum().item()
+                        if out.clipped is not None:
+                            sums["clip"] += (out.clipped.float() * packed.response_mask).sum().item()
                 grad_norm = self._clip_grad()
                 if math.isfinite(grad_norm):
                     self.optimizer.step()
@@ -399,10 +303,9 @@ class Trainer:
             "loss/grad_norm": grad_norm,
             "loss/skipped_steps": float(self.skipped_steps),
             "loss/lr": self.scheduler.get_last_lr()[0],
+            "loss/clip_fraction": sums["clip"] / max(sums["tokens"], 1),
         }
-        if w > 0:
-            metrics["loss/clip_fraction"] = sums["clip"] / max(sums["tokens"], 1)
-        metrics.update(self._signal_metrics(batch, seen_logp))
+        metrics.update(self.method.metrics(batch))
         return metrics
 
     def _clip_grad(self) -> float:
@@ -412,36 +315,7 @@ class Trainer:
         max_norm = self.cfg.optim.grad_clip or float("inf")
         return float(self.acc.clip_grad_norm_(params, max_norm))
 
-    def _signal_metrics(self, b: StepBatch, student_logp: torch.Tensor) -> dict:
-        """signal/*: ΔV, S, G over tokens of rollouts with a teacher signal (token/sequence modes)."""
-        if b.teacher_logp is None:
-            return {}
-        mask = b.student.response_mask * b.has_signal[:, None]
-        if not mask.any():
-            return {"signal/active_fraction": 0.0}
-        dv = signal.delta_v(b.teacher_logp, student_logp)
-        pmi = signal.sequence_sum(dv, mask)
-        active = b.has_signal.bool()
-        out = {
-            "signal/active_fraction": active.float().mean().item(),
-            "signal/dv_mean": signal.masked_mean(dv, mask).item(),
-            "signal/dv_std": signal.masked_std(dv, mask).item(),
-            "signal/pmi_mean": pmi[active].mean().item(),
-        }
-        if active.sum() > 1 and b.rewards[active].std() > 0 and pmi[active].std() > 0:
-            out["signal/pmi_reward_corr"] = torch.corrcoef(torch.stack([pmi[active], b.rewards[active]]))[0, 1].item()
-        if b.generic_logp is not None:
-            s = signal.specific_part(b.teacher_logp, b.generic_logp)
-            out.update({
-                "signal/s_mean": signal.masked_mean(s, mask).item(),
-                "signal/s_std": signal.masked_std(s, mask).item(),
-                "signal/g_mean": signal.masked_mean(b.generic_logp, mask).item(),
-                "signal/contrastive_mean": signal.sequence_sum(s, mask)[active].mean().item(),
-                "signal/s_negative_fraction": signal.masked_mean((s < 0).float(), mask).item(),
-            })
-        return out
-
-    # ---- 6: logging, checkpoints
+    # ---- 7: logging, checkpoints
 
     def _records(self, step, examples, groups, rollouts, outcomes, contexts, negative_contexts, negative_groups):
         lc = self.cfg.log
@@ -476,9 +350,10 @@ class Trainer:
 
     def run_step(self, step: int) -> tuple[dict, list[dict]]:
         t0 = time.perf_counter()
-        batch, metrics, records, lam = self.collect(step)
-        t1 = time.perf_counter()
-        metrics.update(self.update(batch, lam, step))
+        with self.acc.autocast():
+            batch, metrics, records = self.collect(step)
+            t1 = time.perf_counter()
+            metrics.update(self.update(batch, step))
         metrics["perf/update_s"] = time.perf_counter() - t1
         metrics["perf/step_s"] = time.perf_counter() - t0
         metrics["perf/tokens_per_s"] = batch.student.response_mask.sum().item() / metrics["perf/step_s"]
@@ -493,46 +368,114 @@ def evaluate_model(trainer: Trainer) -> dict:
                     batch_size=cfg.rollout.micro_batch, seed=cfg.seed, limit=cfg.eval.limit)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Run a whole training job; returns the summary written to ``out_dir/summary.json``."""
+def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False) -> dict:
+    """Run a whole training job; returns the summary written to ``out_dir/summary.json``.
+
+    ``resume``: True continues the run in out_dir from its checkpoint, a path continues from that
+    checkpoint file (or run directory); ``overwrite`` replaces the run in out_dir. Without either, a
+    directory that holds a run is refused. What may change at resume, and how Ctrl-C and SIGTERM stop
+    a run with a checkpoint, is decided in ``credit.runs``.
+    """
     from credit.logging import RunLogger
 
+    # the run directory and the resume config are checked before any model loads
+    out = Path(cfg.out_dir)
+    runs.prepare_run_dir(out, resume, overwrite)
+    source, state = runs.load_resume(out, resume)
+    changes = runs.reconcile(runs.saved_config(state, source), cfg.model_dump(mode="json"), source) if state else []
+    summary = runs.read_summary(out) if state is not None else {}
+    runs.check_not_finished(summary, state, cfg.steps, out)
+
+    runs.seed_everything(cfg.seed)  # LoRA init and dropout; the loop's own draws are seeded per step
     trainer = Trainer(cfg)
-    out = trainer.out
-    state = checkpoint.load(out) if resume else None
+    main = trainer.acc.is_main_process
+    if overwrite and main:
+        runs.clear_run(out)
+    trainer.acc.wait_for_everyone()
     if state is not None:
         trainer.load_state(state)
-    elif resume:
-        trainer.acc.print(f"--resume: no checkpoint in {out}, starting fresh")
-    logger = RunLogger(out, cfg, trainer.acc.is_main_process, start_step=trainer.start_step)
-    if trainer.acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump(cfg))
-    summary = json.loads((out / "summary.json").read_text()) if state is not None and (out / "summary.json").exists() else {}
+        runs.apply_optimizer_config(trainer.optimizer, trainer.scheduler, cfg.optim)
+        runs.set_rng_state(state.get("rng"))
+    logger = RunLogger(out, cfg, main, start_step=trainer.start_step)
+    if main:
+        (out / "config.yaml").write_text(dump(cfg))  # what actually runs, changes applied at resume included
+    if state is not None:
+        summary["resumed_from_step"] = trainer.start_step
+        summary.setdefault("resumes", []).append({"step": trainer.start_step, "checkpoint": str(source),
+                                                  "changes": changes})
+        if main:
+            runs.note(out, f"credit train: resumed from {source} at step {trainer.start_step} of {cfg.steps}"
+                           + (f"; config changes applied: {', '.join(changes)}" if changes else ""))
+
     t_start = time.perf_counter()
-    if cfg.eval.before and "eval_before" not in summary:
-        summary["eval_before"] = evaluate_model(trainer)
-        logger.log(trainer.start_step, {f"eval/{k}": v for k, v in headline(summary["eval_before"]).items()})
-        _write_summary(out, summary, trainer)
-    for step in logger.progress(range(trainer.start_step, cfg.steps), cfg.steps, trainer.start_step):
-        metrics, records = trainer.run_step(step)
-        if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.steps:
-            metrics.update({f"eval/{k}": v for k, v in headline(evaluate_model(trainer)).items()})
-        logger.log(step, metrics, records)
-        if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == cfg.steps:
-            trainer.acc.wait_for_everyone()
-            if trainer.acc.is_main_process:
-                checkpoint.save(out, trainer.state(step))
+    with runs.Interrupts() as interrupts:
+        if cfg.eval.before and "eval_before" not in summary:
+            summary["eval_before"] = evaluate_model(trainer)
+            logger.log(trainer.start_step, {f"eval/{k}": v for k, v in headline(summary["eval_before"]).items()})
+            _write_summary(out, summary, trainer)
+        if signum := interrupts.requested(trainer.acc):  # nothing trained yet: the loaded checkpoint stands
+            logger.close()
+            raise runs.Interrupted(signum, trainer.start_step, source)
+        for step in logger.progress(range(trainer.start_step, cfg.steps), cfg.steps, trainer.start_step):
+            metrics, records = trainer.run_step(step)
+            if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.steps:
+                result = headline(evaluate_model(trainer))
+                metrics.update({f"eval/{k}": v for k, v in result.items()})
+                _keep_best(trainer, out, summary, result, step)
+            logger.log(step, metrics, records)
+            signum = interrupts.requested(trainer.acc)  # SIGINT/SIGTERM: stop here, after a whole step
+            if signum or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == cfg.steps:
+                saved = _save_checkpoint(trainer, out, step)
+            if signum:
+                summary["train_wall_s"] = summary.get("train_wall_s", 0.0) + time.perf_counter() - t_start
+                _write_summary(out, summary, trainer)
+                logger.close()
+                raise runs.Interrupted(signum, step + 1, saved)
     summary["eval_after"] = evaluate_model(trainer)
     logger.log(cfg.steps, {f"eval/{k}": v for k, v in headline(summary["eval_after"]).items()})
+    if cfg.eval.every:
+        _keep_best(trainer, out, summary, headline(summary["eval_after"]), cfg.steps - 1)
     summary["train_wall_s"] = summary.get("train_wall_s", 0.0) + time.perf_counter() - t_start
     summary["skipped_steps"] = trainer.skipped_steps
     _write_summary(out, summary, trainer)
-    if trainer.acc.is_main_process:
-        trainer.unwrapped.save_pretrained(out / "final")
-        trainer.tok.save_pretrained(out / "final")
+    if main:
+        _save_final(trainer, out / "final")
     logger.close()
     return summary
+
+
+def _save_checkpoint(trainer: Trainer, out: Path, step: int) -> Path:
+    """The full state after ``step`` (and the global RNG, for dropout) as the run's latest checkpoint."""
+    trainer.acc.wait_for_everyone()
+    if trainer.acc.is_main_process:
+        state = trainer.state(step)
+        state["rng"] = runs.rng_state()
+        checkpoint.save(out, state, keep=trainer.cfg.checkpoint_keep)
+    return out / checkpoint.CHECKPOINT
+
+
+def _keep_best(trainer: Trainer, out: Path, summary: dict, result: dict, step: int) -> None:
+    """``checkpoint-best.pt`` when this held-out mean@n beats every earlier one of the run."""
+    key = next((k for k in result if k.startswith("mean@")), None)
+    best = summary.get("best")
+    if key is None or (best is not None and result[key] <= best["value"]):
+        return
+    summary["best"] = {"step": step + 1, "metric": key, "value": result[key], "path": checkpoint.BEST}
+    trainer.acc.wait_for_everyone()
+    if trainer.acc.is_main_process:
+        checkpoint.save_best(out, {"step": step, "model": trainer.unwrapped.state_dict(), "eval": result,
+                                   "config": trainer.cfg.model_dump(mode="json")})
+    _write_summary(out, summary, trainer)
+
+
+def _save_final(trainer: Trainer, path: Path) -> None:
+    """``final/``: a Hugging Face folder; with ``model.merge_lora_on_save`` the LoRA adapters are folded
+    into the weights (a plain model that loads without peft) instead of saved alone."""
+    model = trainer.unwrapped
+    if trainer.cfg.model.lora is not None and trainer.cfg.model.merge_lora_on_save:
+        model = model.merge_and_unload()  # the run is over: the student may lose its adapters now
+    model.save_pretrained(path)
+    trainer.tok.save_pretrained(path)
 
 
 def _write_summary(out: Path, summary: dict, trainer: Trainer) -> None:

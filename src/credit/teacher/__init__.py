@@ -15,6 +15,7 @@ from credit.teacher.negatives import (
     NegativeContexts,
     build_negative_contexts,
     can_contrast,
+    problem_keys,
     sample_negative_groups,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     "build_teacher_contexts",
     "can_contrast",
     "fit_context",
+    "problem_keys",
     "remove_thinking",
     "render_context",
     "reprompt_text",

@@ -1,8 +1,9 @@
 """Negative contexts ``c^(k)``: the same response and privileged ``z``, another prompt's input ``x_j``.
 
 SPEC.md §1: ``G_t = mean_k log π_T(y_t | c^(k), y_<t)`` is the input-generic part of the teacher
-log-prob. A negative's prompt ``j`` always comes from ANOTHER prompt group of the batch, never from a
-rollout of the sample's own prompt.
+log-prob. A negative's prompt ``j`` always comes from ANOTHER prompt group of the batch and another *problem*
+(``problem_keys``: a different id and a different prompt); a sample that cannot get K such negatives
+has no contrast (``[]``), never a contrast with its own problem.
 
 Choices (not fixed by the paper):
 
@@ -50,18 +51,39 @@ def _permutation(n: int, generator: torch.Generator | random.Random) -> list[int
     raise TypeError(f"generator must be a torch.Generator or a random.Random, got {type(generator).__name__}")
 
 
+def problem_keys(examples: Sequence[Example]) -> list[int]:
+    """One integer per example: equal for examples that are the same problem (same id or same prompt).
+
+    Negatives are other *problems*, not other positions of the batch: the same problem twice in a
+    batch (an id repeated, or one prompt under two ids) must never be contrasted with itself.
+    """
+    rep: list[int] = []
+    by_id: dict[str, int] = {}
+    by_prompt: dict[str, int] = {}
+    for i, ex in enumerate(examples):
+        prompt = repr(ex.messages)
+        r = by_id.get(ex.id, by_prompt.get(prompt, i))
+        by_id.setdefault(ex.id, r)
+        by_prompt.setdefault(prompt, r)
+        rep.append(r)
+    return rep
+
+
 def sample_negative_groups(
     groups: Sequence[int],
     k: int,
     strategy: Literal["random", "roll", "all"],
     generator: torch.Generator | random.Random,
+    problems: Sequence[int] | None = None,
 ) -> list[list[int]]:
-    """For each sample, the prompt indices ``j`` of its K negatives, all ``!= groups[n]``.
+    """For each sample, the prompt indices ``j`` of its K negatives: other problems of the batch.
 
-    ``groups[n]`` is the prompt index of sample ``n``. B is the number of distinct prompt indices.
-    Deterministic given the generator's state. Raises ``ValueError`` when B < 2 (check ``can_contrast``
-    first and fall back to SDPO), when ``k < 1`` or ``k > B-1`` (``random``/``roll``), or for an
-    unknown ``strategy``.
+    ``groups[n]`` is the prompt index of sample ``n``; ``problems[j]`` (default: ``j`` itself) the
+    problem behind prompt index ``j`` (``problem_keys``). B is the number of distinct prompt indices.
+    A sample that cannot get K negatives of problems other than its own gets ``[]``: no contrast,
+    never a self-contrast (the caller counts it). Deterministic given the generator's state. Raises
+    ``ValueError`` when B < 2 (check ``can_contrast`` first and fall back to SDPO), when ``k < 1`` or
+    ``k > B-1`` (``random``/``roll``), or for an unknown ``strategy``.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -72,20 +94,25 @@ def sample_negative_groups(
             f"groups holds {n_prompts} distinct prompt group(s); negatives need at least 2 "
             "(use can_contrast(groups) and fall back to SDPO)"
         )
+    problem = (lambda j: j) if problems is None else problems.__getitem__
+
+    def distinct(g: int, js: list[int], want: int) -> list[int]:
+        return js if len(js) == want and all(problem(j) != problem(g) for j in js) else []
+
     if strategy == "all":
-        return [[j for j in prompts if j != g] for g in groups]
+        return [distinct(g, [j for j in prompts if j != g], n_prompts - 1) for g in groups]
     if not 1 <= k <= n_prompts - 1:
         raise ValueError(f"k must be in [1, B-1] = [1, {n_prompts - 1}] for strategy {strategy!r}, got k={k}")
 
     if strategy == "roll":
         shifts = [s + 1 for s in _permutation(n_prompts - 1, generator)[:k]]  # distinct, in 1..B-1
         pos = {p: i for i, p in enumerate(prompts)}
-        return [[prompts[(pos[g] + s) % n_prompts] for s in shifts] for g in groups]
+        return [distinct(g, [prompts[(pos[g] + s) % n_prompts] for s in shifts], k) for g in groups]
 
     out = []
     for g in groups:
-        others = [j for j in prompts if j != g]
-        out.append([others[i] for i in _permutation(len(others), generator)[:k]])
+        others = [j for j in prompts if problem(j) != problem(g)]
+        out.append(distinct(g, [others[i] for i in _permutation(len(others), generator)[:k]], k))
     return out
 
 

@@ -1,0 +1,361 @@
+"""Methods: one small class per method × credit mode, built once from the config (docs/method.md).
+
+The training loop is method-blind. It asks a method three things:
+
+  prepare(batch, scorer)   after the rollouts: fill the batch's targets (ℓT, G, advantages), no grad
+  loss(micro, batch, scorer)  the per-token loss of one micro-batch of the update, (n, R)
+  metrics(batch)           ``signal/*`` and ``loss/*`` numbers of the step
+
+plus ``loss_mask(batch, rows)`` (the tokens that carry an advantage: the aggregation's mask and
+denominator) and three facts: ``num_negatives`` (K negative contexts the loop builds per rollout),
+``needs_student_logp`` (ℓS at collection time, for a score computed before the update) and
+``uses_teacher`` (whether θ_T is kept at all).
+λ, K, α, γ, w are fixed at construction; nothing here reads a config object or touches a model: the
+``Scorer`` handed in by the loop runs the teacher's and the student's no-grad forwards.
+
+The blend of SDPO paper Eq. 3, ``A = w·A_GRPO + (1−w)·A_SD``, is ``Blend``: one per-token loss
+``w·l_GRPO + (1−w)·l_SD`` and one aggregation with one denominator. On-policy its gradient is the
+policy gradient of that A; off-policy the outcome part keeps PPO's clipped ratio and the distillation
+part the capped importance weight, as each paper does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from credit import objectives as obj
+from credit import signal
+from credit.scoring import Packed
+
+
+@dataclass
+class StepBatch:
+    """Everything the update needs; row n is rollout n of this process (N rows, R response columns)."""
+
+    student: Packed  # (x, y)
+    teacher: Packed  # (c, y)
+    negatives: list[Packed]  # K packs of (c^(k), y); rows without a contrast repeat c
+    rewards: torch.Tensor  # (N,)
+    has_signal: torch.Tensor  # (N,) 1.0 where the teacher context has a demo or feedback
+    has_contrast: torch.Tensor  # (N,) 1.0 where the rollout has K negatives of other problems
+    group_size: int  # G: rollouts of one prompt are contiguous rows
+    old_logp: torch.Tensor | None = None  # (N, R) ℓold: off-policy updates, or a score that needs ℓS
+    teacher_logp: torch.Tensor | None = None  # (N, R) ℓT on rows with a signal
+    generic_logp: torch.Tensor | None = None  # (N, R) G on rows with a contrast
+    student_logp: torch.Tensor | None = None  # (N, R) ℓS as the update saw it first (metrics)
+    advantage: dict[str, torch.Tensor] = field(default_factory=dict)  # sequence-level advantages (N,)
+
+    @property
+    def distill_mask(self) -> torch.Tensor:
+        """(N, R) response tokens of rollouts with a teacher signal."""
+        return self.student.response_mask * self.has_signal[:, None]
+
+
+@dataclass
+class Micro:
+    """One micro-batch of the update: the student's forward with gradient."""
+
+    rows: torch.Tensor  # (n,) row indices into the StepBatch
+    logits: torch.Tensor  # (n, R, V) student logits (grad)
+    logp: torch.Tensor  # (n, R) ℓS (grad)
+    old_logp: torch.Tensor  # (n, R) ℓold (= sg(ℓS) on-policy)
+    off_policy: bool
+    first_epoch: bool
+
+
+class Scorer(Protocol):
+    """The no-grad forwards a method may ask for (implemented by the loop over the teacher θ_T)."""
+
+    def teacher_logprobs(self, packs: list[Packed]) -> torch.Tensor:
+        """ℓ of the response tokens under the teacher for each pack, one batched pass: (P, M, R)."""
+
+    def teacher_logits(self, packed: Packed) -> torch.Tensor:
+        """Teacher logits predicting each response token: (M, R, V)."""
+
+
+@dataclass
+class LossOut:
+    loss: torch.Tensor  # (n, R) per-token loss
+    mask: torch.Tensor  # (n, R) tokens that carry an advantage: the aggregation's mask and denominator
+    clipped: torch.Tensor | None = None  # (n, R) PPO clip indicator (outcome RL)
+
+
+def _weight(m: Micro, cap: float) -> torch.Tensor | None:
+    return obj.importance_weight(m.logp, m.old_logp, cap) if m.off_policy else None
+
+
+# ----------------------------------------------------------------------------- outcome RL
+
+
+class GRPO:
+    """Outcome RL: PPO's clipped surrogate with the group-normalized reward on every token."""
+
+    num_negatives = 0
+    needs_student_logp = False
+    uses_teacher = False
+
+    def __init__(self, eps_low: float, eps_high: float, scale_std: bool = True):
+        self.eps_low, self.eps_high, self.scale_std = eps_low, eps_high, scale_std
+
+    def prepare(self, b: StepBatch, scorer: Scorer) -> None:
+        b.advantage["grpo"] = signal.group_advantages(b.rewards, b.group_size, self.scale_std)
+
+    def loss(self, m: Micro, b: StepBatch, scorer: Scorer) -> LossOut:
+        adv = b.advantage["grpo"][m.rows, None].expand_as(m.logp)
+        loss, clipped = obj.ppo_clip_loss(m.logp, m.old_logp, adv, self.eps_low, self.eps_high)
+        return LossOut(loss, self.loss_mask(b, m.rows), clipped)
+
+    def loss_mask(self, b: StepBatch, rows: torch.Tensor) -> torch.Tensor:
+        return b.student.response_mask[rows]
+
+    def metrics(self, b: StepBatch) -> dict[str, float]:
+        return {}
+
+
+# ----------------------------------------------------------------------------- self-distillation / CREDIT
+
+
+class _Distill:
+    """What every SDPO/CREDIT mode shares: λ, K, the teacher-side targets and the ``signal/*`` metrics.
+
+    ``lam = 0, k = 0`` is SDPO. A rollout without a distinct negative (``has_contrast = 0``) takes
+    G := ℓS, so its CREDIT reward r^λ = ΔV: it falls back to SDPO, counted in ``credit/no_contrast_fraction``.
+    """
+
+    needs_student_logp = False
+    uses_teacher = True
+
+    def __init__(self, lam: float, k: int, aggregator: str, is_clip: float):
+        signal.check_unit_interval("lam", lam)
+        if lam > 0 and k < 1:
+            raise ValueError(f"lam={lam} needs negatives (k >= 1); SDPO is lam=0, k=0")
+        self.lam, self.num_negatives, self.aggregator, self.is_clip = lam, k, aggregator, is_clip
+
+    def _score_tokens(self, b: StepBatch, scorer: Scorer) -> None:
+        """ℓT on rows with a signal and G on rows with a contrast, one batched pass: (N, R) each."""
+        n, r = b.student.response_ids.shape
+        b.teacher_logp = torch.zeros(n, r, device=b.rewards.device)
+        active = b.has_signal.nonzero().squeeze(-1)
+        if self.num_negatives:
+            b.generic_logp = torch.zeros_like(b.teacher_logp)
+        if active.numel() == 0:
+            return
+        packs = [b.teacher.rows(active)] + [neg.rows(active) for neg in b.negatives[: self.num_negatives]]
+        logp = scorer.teacher_logprobs(packs)  # (1+K, A, R)
+        b.teacher_logp[active] = logp[0]
+        if self.num_negatives:
+            b.generic_logp[active] = signal.generic_part(logp[1:].transpose(0, 1), self.aggregator)
+
+    def _generic_or_student(self, generic: torch.Tensor, student: torch.Tensor, rows: torch.Tensor,
+                            b: StepBatch) -> torch.Tensor:
+        """G where the rollout has a contrast, else ℓS (so that r^λ = ΔV there). Shapes broadcast on dim 0."""
+        contrast = b.has_contrast[rows].bool().view(-1, *([1] * (generic.dim() - 1)))
+        return torch.where(contrast, generic, student.detach())
+
+    def token_reward(self, teacher_logp: torch.Tensor, student_logp: torch.Tensor, rows: torch.Tensor,
+                     b: StepBatch) -> torch.Tensor:
+        """r^λ_t = (1−λ)·ΔV_t + λ·S_t for the given rows: (n, R)."""
+        dv = signal.delta_v(teacher_logp, student_logp.detach())
+        if not self.num_negatives:
+            return dv
+        generic = self._generic_or_student(b.generic_logp[rows], student_logp, rows, b)
+        return signal.credit_reward(dv, signal.specific_part(teacher_logp, generic), self.lam)
+
+    def loss_mask(self, b: StepBatch, rows: torch.Tensor) -> torch.Tensor:
+        return b.distill_mask[rows]
+
+    def metrics(self, b: StepBatch) -> dict[str, float]:
+        return signal_metrics(b)
+
+
+class TokenCredit(_Distill):
+    """SDPO/CREDIT token mode: −sg(A_t)·w_t·ℓS_t with A_t = r^λ_t (optionally reward-to-go, clipped)."""
+
+    def __init__(self, lam: float, k: int, aggregator: str, is_clip: float, *, reward_to_go: bool = False,
+                 gamma: float = 1.0, clip_advantage: float | None = None):
+        super().__init__(lam, k, aggregator, is_clip)
+        self.reward_to_go, self.gamma, self.clip = reward_to_go, gamma, clip_advantage
+
+    def prepare(self, b: StepBatch, scorer: Scorer) -> None:
+        self._score_tokens(b, scorer)
+
+    def loss(self, m: Micro, b: StepBatch, scorer: Scorer) -> LossOut:
+        mask = self.loss_mask(b, m.rows)
+        adv = self.token_reward(b.teacher_logp[m.rows], m.logp, m.rows, b)
+        if self.reward_to_go:
+            adv = signal.reward_to_go(adv, mask, self.gamma)
+        adv = signal.clip_advantage(adv, self.clip) * mask  # A_SD = 0 without a teacher signal
+        return LossOut(obj.reinforce_loss(m.logp, adv, _weight(m, self.is_clip)), mask)
+
+
+class SequenceCredit(_Distill):
+    """Sequence mode: score Σ_t r^λ_t (or its mean), normalized within the prompt group over the rollouts
+    that have a teacher signal only, broadcast to every token (λ = 0: SDPO's sequence pMI Σ ΔV)."""
+
+    def __init__(self, lam: float, k: int, aggregator: str, is_clip: float, *, length_normalize: bool = False,
+                 scale_std: bool = True):
+        super().__init__(lam, k, aggregator, is_clip)
+        self.length_normalize, self.scale_std = length_normalize, scale_std
+
+    needs_student_logp = True  # r^λ holds (1−λ)·ℓS, and a rollout without a contrast falls back to ΔV
+
+    def prepare(self, b: StepBatch, scorer: Scorer) -> None:
+        self._score_tokens(b, scorer)
+        rows = torch.arange(len(b.rewards), device=b.rewards.device)
+        mask = b.distill_mask
+        score = signal.sequence_sum(self.token_reward(b.teacher_logp, b.old_logp, rows, b), mask)  # (N,)
+        if self.length_normalize:
+            score = score / mask.sum(-1).clamp(min=1)
+        b.advantage["sequence"] = signal.group_advantages(score, b.group_size, self.scale_std, mask=b.has_signal)
+
+    def loss(self, m: Micro, b: StepBatch, scorer: Scorer) -> LossOut:
+        adv = b.advantage["sequence"][m.rows, None].expand_as(m.logp)
+        return LossOut(obj.reinforce_loss(m.logp, adv, _weight(m, self.is_clip)), self.loss_mask(b, m.rows))
+
+
+class LogitCredit(_Distill):
+    """Logit mode on the student's top-K (+ tail): SDPO's D_α(p_S, p_T), or CREDIT's −Σ_v p_S(v)·sg(A(v)).
+
+    The support is the *current* student's top-K, so the teacher runs inside the update, on the
+    micro-batch; the sampled token's ℓT and G are kept from the first epoch for ``signal/*``.
+    """
+
+    def __init__(self, lam: float, k: int, aggregator: str, is_clip: float, *, alpha: float, top_k: int | None,
+                 tail: bool, temperature: float):
+        super().__init__(lam, k, aggregator, is_clip)
+        if lam > 0 and alpha != 1.0:
+            raise ValueError(f"alpha={alpha}: logit-mode CREDIT is defined for the reverse-KL family (alpha=1)")
+        self.alpha, self.top_k, self.tail, self.temperature = alpha, top_k, tail, temperature
+
+    def prepare(self, b: StepBatch, scorer: Scorer) -> None:
+        n, r = b.student.response_ids.shape
+        b.teacher_logp = torch.zeros(n, r, device=b.rewards.device)
+        b.generic_logp = torch.zeros_like(b.teacher_logp) if self.num_negatives else None
+
+    def _support(self, logits: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        return obj.support_logprobs(logits, index, self.temperature, self.tail)
+
+    def loss(self, m: Micro, b: StepBatch, scorer: Scorer) -> LossOut:
+        mask = self.loss_mask(b, m.rows)
+        index = obj.topk_index(m.logits, self.top_k) if self.top_k else None
+        student = self._support(m.logits, index)  # (n, R, U)
+        t_logits = scorer.teacher_logits(b.teacher.rows(m.rows))
+        teacher = self._support(t_logits, index)
+        if m.first_epoch:
+            b.teacher_logp[m.rows] = signal.token_logprobs(t_logits, b.student.response_ids[m.rows], self.temperature)
+        del t_logits
+        if self.num_negatives:
+            negs, neg_token = [], []
+            for neg in b.negatives:
+                z = scorer.teacher_logits(neg.rows(m.rows))
+                negs.append(self._support(z, index))
+                neg_token.append(signal.token_logprobs(z, b.student.response_ids[m.rows], self.temperature))
+            generic = self._generic_or_student(signal.AGGREGATORS[self.aggregator](torch.stack(negs, 1)),
+                                               student, m.rows, b)  # (n, R, U)
+            if m.first_epoch:
+                b.generic_logp[m.rows] = signal.generic_part(torch.stack(neg_token, 1), self.aggregator)
+            loss = obj.credit_logit_loss(student, teacher, generic, self.lam)
+        else:
+            loss = obj.divergence(student, teacher, self.alpha)
+        weight = _weight(m, self.is_clip)
+        return LossOut(loss if weight is None else loss * weight, mask)
+
+
+# ----------------------------------------------------------------------------- SDPO paper Eq. 3
+
+
+class Blend:
+    """A = w·A_GRPO + (1−w)·A_SD per token: one loss, one aggregation, one denominator.
+
+    The denominator counts the tokens of rollouts that carry an advantage: every rollout when w > 0
+    (GRPO scores them all; a rollout without a teacher signal has A_SD = 0), and at w = 0 only those
+    with a teacher signal, so that w = 0 is SDPO/CREDIT and w = 1 is GRPO, bit for bit.
+    """
+
+    def __init__(self, outcome: GRPO, distill: _Distill, w: float):
+        signal.check_unit_interval("w", w)
+        self.outcome, self.distill, self.w = outcome, distill, w
+        self.num_negatives = distill.num_negatives
+        self.needs_student_logp = distill.needs_student_logp
+        self.uses_teacher = True
+
+    def prepare(self, b: StepBatch, scorer: Scorer) -> None:
+        self.outcome.prepare(b, scorer)
+        self.distill.prepare(b, scorer)
+
+    def loss(self, m: Micro, b: StepBatch, scorer: Scorer) -> LossOut:
+        rl, sd = self.outcome.loss(m, b, scorer), self.distill.loss(m, b, scorer)
+        loss = self.w * rl.loss + (1.0 - self.w) * torch.where(sd.mask.bool(), sd.loss, torch.zeros_like(sd.loss))
+        return LossOut(loss, self.loss_mask(b, m.rows), rl.clipped)
+
+    def loss_mask(self, b: StepBatch, rows: torch.Tensor) -> torch.Tensor:
+        return (self.outcome if self.w > 0 else self.distill).loss_mask(b, rows)
+
+    def metrics(self, b: StepBatch) -> dict[str, float]:
+        return self.distill.metrics(b)
+
+
+# ----------------------------------------------------------------------------- from the config
+
+
+def build_method(cfg) -> GRPO | _Distill | Blend:
+    """The method object of a validated ``TrainConfig``; the only place that reads method/mode strings."""
+    c, o = cfg.credit, cfg.optim
+    outcome = GRPO(o.eps_low, o.eps_high, c.grpo_scale_std)
+    if cfg.method == "grpo":
+        return outcome
+    if cfg.method == "credit":
+        lam = c.lam
+        k = cfg.rollout.prompts_per_step - 1 if c.negative_strategy == "all" else c.num_negatives
+    else:
+        lam, k = 0.0, 0
+    common = dict(lam=lam, k=k, aggregator=c.aggregator, is_clip=o.is_clip)
+    distill = {
+        "token": lambda: TokenCredit(**common, reward_to_go=c.reward_to_go, gamma=c.gamma,
+                                     clip_advantage=c.clip_advantage),
+        "sequence": lambda: SequenceCredit(**common, length_normalize=c.sequence_length_normalize,
+                                           scale_std=c.grpo_scale_std),
+        "logits": lambda: LogitCredit(**common, alpha=c.alpha, top_k=c.top_k, tail=c.tail,
+                                      temperature=cfg.rollout.temperature),
+    }[c.mode]()
+    return Blend(outcome, distill, c.grpo_weight) if c.grpo_weight > 0 else distill
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def signal_metrics(b: StepBatch) -> dict[str, float]:
+    """``signal/*``: ΔV, S, G over tokens of rollouts with a teacher signal, the same in every mode."""
+    if b.teacher_logp is None or b.student_logp is None:
+        return {}
+    mask = b.distill_mask
+    out = {"signal/active_fraction": b.has_signal.mean().item()}
+    if not mask.any():
+        return out
+    dv = signal.delta_v(b.teacher_logp, b.student_logp)
+    pmi = signal.sequence_sum(dv, mask)
+    active = b.has_signal.bool()
+    out.update({
+        "signal/dv_mean": signal.masked_mean(dv, mask).item(),
+        "signal/dv_std": signal.masked_std(dv, mask).item(),
+        "signal/pmi_mean": pmi[active].mean().item(),
+    })
+    if active.sum() > 1 and b.rewards[active].std() > 0 and pmi[active].std() > 0:
+        out["signal/pmi_reward_corr"] = torch.corrcoef(torch.stack([pmi[active], b.rewards[active]]))[0, 1].item()
+    if b.generic_logp is not None:
+        cmask = mask * b.has_contrast[:, None]
+        out["credit/no_contrast_fraction"] = 1.0 - b.has_contrast[active].mean().item()
+        if cmask.any():
+            s = signal.specific_part(b.teacher_logp, b.generic_logp)
+            contrasted = (b.has_signal * b.has_contrast).bool()
+            out.update({
+                "signal/s_mean": signal.masked_mean(s, cmask).item(),
+                "signal/s_std": signal.masked_std(s, cmask).item(),
+                "signal/g_mean": signal.masked_mean(b.generic_logp, cmask).item(),
+                "signal/contrastive_mean": signal.sequence_sum(s, cmask)[contrasted].mean().item(),
+                "signal/s_negative_fraction": signal.masked_mean((s < 0).float(), cmask).item(),
+            })
+    return out
