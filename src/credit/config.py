@@ -31,6 +31,9 @@ class ModelConfig(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
     cache_dir: str | None = Field(None, description="Where the offline default is converted once (default ~/.cache/credit).")
     lora: LoraConfig | None = Field(None, description="Train LoRA adapters instead of all weights (the EMA teacher is then over adapters).")
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra variables of the chat template for student, teacher and evaluation "
+        "prompts, e.g. {enable_thinking: false} for Qwen3 (a template that does not read one ignores it).")
 
 
 class TaskConfig(_Section):

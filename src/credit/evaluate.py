@@ -90,6 +90,7 @@ def evaluate(
     success_threshold: float = 1.0,
     top_p: float = 1.0,
     stop: Sequence[str] = (),
+    chat_template_kwargs: dict | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``task``'s ``split`` with ``n`` samples per item.
 
@@ -110,7 +111,8 @@ def evaluate(
     cfg = SamplingConfig(num_samples=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                          stop=tuple(stop), micro_batch_size=batch_size, seed=seed)
     t0 = time.perf_counter()
-    rollouts = sample(model, tokenizer, encode_prompts(tokenizer, [e.messages for e in examples]), cfg)
+    prompts = encode_prompts(tokenizer, [e.messages for e in examples], chat_template_kwargs=chat_template_kwargs)
+    rollouts = sample(model, tokenizer, prompts, cfg)
     outcomes = task.score_batch([examples[g] for g in rollouts.group], rollouts.texts)
     seconds = time.perf_counter() - t0
 

@@ -139,14 +139,18 @@ class Rollouts:
         }
 
 
-def encode_prompts(tokenizer, conversations: Sequence[Sequence[dict[str, str]]]) -> list[list[int]]:
+def encode_prompts(tokenizer, conversations: Sequence[Sequence[dict[str, str]]], *,
+                   chat_template_kwargs: dict | None = None) -> list[list[int]]:
     """Chat template with ``add_generation_prompt=True`` for each conversation -> token-id lists.
 
+    ``chat_template_kwargs`` are extra variables of the template (Qwen3: ``{"enable_thinking": False}``);
+    the teacher contexts get the same ones, so student and teacher see one prompt format.
     The template is rendered to text and tokenized without adding special tokens, because the
     template already contains them (a second bos would shift every prompt)."""
     out = []
     for messages in conversations:
-        text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False,
+                                             **dict(chat_template_kwargs or {}))
         out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     return out
 
