@@ -4,6 +4,7 @@ No timing assertions: the numbers depend on the machine."""
 from __future__ import annotations
 
 import json
+import statistics
 
 from credit.bench import PHASES
 from credit.cli import main
@@ -28,3 +29,20 @@ def test_bench_reports_every_phase_and_ratio(tmp_path, tiny_tokenizer):
         assert (result["methods"][label]["seconds"]["negatives"] > 0) == label.startswith("credit"), label
     assert set(result["ratios"]) == {f"credit-{mode}-k{k}/sdpo-{mode}" for mode in ("token", "logit") for k in (1, 2)}
     assert all(r["step"] > 0 and r["learner"] > 0 for r in result["ratios"].values())
+    for name, r in result["ratios"].items():  # the floor 1 + K·t_teacher/t_step(SDPO), from the same repeats
+        k = int(name.split("/")[0].rsplit("-k", 1)[1])
+        sdpo = result["methods"][name.split("/")[1]]["seconds_all"]
+        assert r["floor"] == statistics.median(1 + k * t / s for t, s in zip(sdpo["teacher"], sdpo["step"]))
+
+
+def test_the_synthetic_task_is_not_a_user_task():
+    import credit.bench  # noqa: F401  (importing the bench must not register anything)
+    from credit.tasks import TASKS
+
+    assert "bench-synthetic" not in TASKS and not any("credit.bench" in path for path in TASKS.values())
+
+
+def test_bench_rejects_zero_repeats(capsys):
+    assert main(["bench", "--repeats", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--repeats=0" in err and "Traceback" not in err

@@ -3,9 +3,10 @@
 One process, one model, one ``Trainer``; a fixed synthetic batch (B prompts × G rollouts, prompts of
 about ``prompt_len`` tokens, responses forced to exactly ``response_len`` tokens by suppressing eos),
 and the real step: ``Trainer.run_step`` (rollout → outcomes → teacher contexts and negatives →
-``score_teacher`` → ``update`` → ``teacher.update``). Methods are interleaved across repeats
-(A B C … A B C …) so machine noise hits all of them alike; medians are reported, and CREDIT/SDPO
-ratios are taken per repeat (paired) before the median.
+``method.prepare`` → update → ``teacher.update``), on a fresh Trainer each time so that every step
+starts from the same weights. Methods are interleaved across repeats (A B C … A B C …) so machine
+noise hits all of them alike; medians are reported, and CREDIT/SDPO ratios are taken per repeat
+(paired) before the median.
 
 Phases (seconds, per step):
   rollout         ``sample`` (generation)                 tokens/s over the N·L response tokens
@@ -15,15 +16,19 @@ Phases (seconds, per step):
   update          student forward/backward + AdamW (minus the teacher forwards logit mode runs inside it)
   teacher_update  the EMA θ_T ← (1−r)θ_T + rθ
 
-How the teacher/negative split is measured without touching the loop: ``Teacher.response_logits``
-and ``Teacher.update`` of this trainer are wrapped with timers. Token mode scores teacher and
-negatives in ONE batched pass (rows ``[c | c^(1) | … | c^(K)]``, chunked by micro-batch); each
-chunk's time is attributed by its rows, and the pass's remaining time (log-softmax, gathers) is
-shared in the same proportion. Logit mode calls the teacher once under c, then once per negative,
-per micro-batch, inside the update: calls are attributed in that order.
+Every phase comes from the loop's own ``perf/*`` metrics: the teacher's forward time by role
+(``perf/teacher_fwd_s``, ``perf/negatives_fwd_s``; a batched token-mode pass over rows
+``[c | c^(1) | … | c^(K)]`` attributes each micro-batch by its rows) and ``perf/teacher_update_s``.
+In token mode the teacher runs before the update; in logit mode inside it, so its forwards are
+subtracted from ``perf/update_s``.
 
-Synthetic pieces: the task ``bench-synthetic`` (registered here) gives B fixed prompts and rewards
-1, 0, 1, 0… within each group, no feedback, so every rollout has a demo (G ≥ 3) and a teacher signal.
+CREDIT's cost floor: a negative pass costs what the teacher pass costs, so exact CREDIT with K
+negatives cannot take less than ``1 + K·t_teacher / t_step(SDPO)`` of SDPO's step; the ratio table
+prints it beside the measured ratio.
+
+Synthetic pieces: ``SyntheticTask`` gives B fixed prompts and rewards 1, 0, 1, 0… within each group,
+no feedback, so every rollout has a demo (G ≥ 3) and a teacher signal. It is handed to the Trainer
+as an object, never registered: it is not a task a user can train on.
 """
 
 from __future__ import annotations
@@ -37,16 +42,12 @@ import statistics
 import tempfile
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from credit.tasks import TASKS, BaseTask, Example, Outcome
-
-SYNTHETIC_TASK = "bench-synthetic"
-TASKS.setdefault(SYNTHETIC_TASK, "credit.bench:SyntheticTask")
+from credit.tasks import BaseTask, Example, Outcome
 
 _WORDS = ("apple river stone light paper number garden window silver morning bridge engine quiet "
           "yellow market travel winter doctor forest planet answer circle summer button animal ocean "
@@ -58,7 +59,7 @@ _WORDS = ("apple river stone light paper number garden window silver morning bri
 class SyntheticTask(BaseTask):
     """B fixed prompts of ~``prompt_words`` words; rewards alternate 1, 0, 1, 0 within each batch."""
 
-    name = SYNTHETIC_TASK
+    name = "bench-synthetic"
 
     def __init__(self, prompts: int = 4, prompt_words: int = 32, seed: int = 0):
         rng = random.Random(seed)
@@ -198,92 +199,19 @@ class PeakMemory:
             self.peak = max(self.peak, self.rss())
 
 
-class PhaseClock:
-    """Wraps one trainer's teacher and update to split the step into phases (see module docstring)."""
-
-    def __init__(self, trainer):
-        self.trainer, self.cuda = trainer, trainer.acc.device.type == "cuda"
-        self.t: dict[str, float] = defaultdict(float)
-        self._mode: tuple = ("calls", 1)
-        self._pos = 0
-        teacher = trainer.teacher
-        logits, update = teacher.response_logits, teacher.update
-        train_update = trainer.update
-
-        def timed_logits(student, packed):
-            shares = self._shares(packed.input_ids.shape[0])
-            dt, z = self._time(logits, student, packed)
-            for label, frac in shares:
-                self.t[label + "_fwd"] += frac * dt
-            return z
-
-        def timed_update(student):
-            dt, _ = self._time(update, student)
-            self.t["teacher_update"] += dt
-
-        def timed_train_update(batch, lam, step):
-            k = len(batch.negatives) if lam > 0 else 0
-            self._mode, self._pos = ("calls", 1 + k), 0
-            return train_update(batch, lam, step)
-
-        teacher.response_logits, teacher.update, trainer.update = timed_logits, timed_update, timed_train_update
-
-    def _time(self, fn, *args):
-        if self.cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = fn(*args)
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0, out
-
-    def _shares(self, rows: int) -> list[tuple[str, float]]:
-        kind, n = self._mode
-        if kind == "calls":  # logit mode: teacher, then each negative, per micro-batch
-            label = "teacher" if self._pos % n == 0 else "negatives"
-            self._pos += 1
-            return [(label, 1.0)]
-        lo, hi = self._pos, self._pos + rows  # token mode: rows [0, n) are the teacher's, then negatives
-        self._pos = hi
-        teacher_rows = max(0, min(hi, n) - lo)
-        return [("teacher", teacher_rows / rows), ("negatives", 1 - teacher_rows / rows)]
-
-    @contextlib.contextmanager
-    def scoring_pass(self):
-        """Install the wrapper of ``credit.train.score_teacher`` (the batched token-mode pass)."""
-        import credit.train as tr
-
-        original = tr.score_teacher
-
-        def timed(teacher, model, batch, k, *args):
-            self._mode, self._pos = ("rows", int(batch.has_signal.sum().item())), 0
-            dt, out = self._time(original, teacher, model, batch, k, *args)
-            self.t["score_pass"] += dt
-            return out
-
-        tr.score_teacher = timed
-        try:
-            yield
-        finally:
-            tr.score_teacher = original
-
-    def phases(self, metrics: dict, k: int) -> dict[str, float]:
-        """Seconds per phase of the last step, from the loop's perf/* metrics and the wrappers."""
-        t, fwd = self.t, self.t["teacher_fwd"] + self.t["negatives_fwd"]
-        if t["score_pass"] > 0:  # token mode: the batched pass, shared by forward time
-            share = t["teacher_fwd"] / fwd if fwd > 0 else 1.0
-            teacher, negatives, inside_update = t["score_pass"] * share, t["score_pass"] * (1 - share), 0.0
-        else:  # logit mode: teacher forwards run inside the update
-            teacher, negatives, inside_update = t["teacher_fwd"], t["negatives_fwd"], fwd
-        out = {
-            "rollout": metrics["perf/rollout_s"], "task": metrics["perf/score_s"], "context": metrics["perf/context_s"],
-            "teacher": teacher, "negatives": negatives,
-            "update": metrics["perf/update_s"] - inside_update - t["teacher_update"],
-            "teacher_update": t["teacher_update"], "step": metrics["perf/step_s"],
-        }
-        out["learner"] = out["teacher"] + out["negatives"] + out["update"] + out["teacher_update"]
-        self.t.clear()
-        return out
+def phases(metrics: dict) -> dict[str, float]:
+    """Seconds per phase of one step, from the loop's ``perf/*`` metrics (see the module docstring)."""
+    teacher, negatives = metrics.get("perf/teacher_fwd_s", 0.0), metrics.get("perf/negatives_fwd_s", 0.0)
+    # logit mode runs the teacher inside the update: whatever forward time the collect phase did not hold
+    inside_update = max(0.0, teacher + negatives - metrics["perf/teacher_s"])
+    out = {
+        "rollout": metrics["perf/rollout_s"], "task": metrics["perf/score_s"], "context": metrics["perf/context_s"],
+        "teacher": teacher, "negatives": negatives,
+        "update": metrics["perf/update_s"] - inside_update - metrics["perf/teacher_update_s"],
+        "teacher_update": metrics["perf/teacher_update_s"], "step": metrics["perf/step_s"],
+    }
+    out["learner"] = out["teacher"] + out["negatives"] + out["update"] + out["teacher_update"]
+    return out
 
 
 # ----------------------------------------------------------------------------- the benchmark
@@ -291,7 +219,7 @@ class PhaseClock:
 
 @dataclass
 class Bench:
-    """One Trainer shared by every method (only ``trainer.cfg`` is swapped between steps)."""
+    """Every step on a fresh Trainer of its method, built from the same saved weights."""
 
     model: str = "tiny"
     prompts: int = 5
@@ -315,8 +243,7 @@ class Bench:
         name = prepare_model(self.model, self.dtype, self._tmp.name)
         self.micro_batch = self.micro_batch or self.prompts * self.samples
         base = [f"model.name={name}", f"model.dtype={self.dtype}", f"seed={self.seed}",
-                f"out_dir={self._tmp.name}/run", f"task.name={SYNTHETIC_TASK}",
-                f"task.options={{prompts: {self.prompts}, prompt_words: {self.prompt_len}, seed: {self.seed}}}",
+                f"out_dir={self._tmp.name}/run", "task.name=bench-synthetic",
                 f"rollout.prompts_per_step={self.prompts}", f"rollout.samples_per_prompt={self.samples}",
                 f"rollout.max_new_tokens={self.response_len}", "rollout.temperature=1.0",
                 f"rollout.micro_batch={self.prompts * self.samples}", f"optim.micro_batch={self.micro_batch}",
@@ -326,17 +253,21 @@ class Bench:
             base.append(f"device={self.device}")
         self.methods = self.methods or methods_for(self.ks, self.top_k, self.prompts)
         self.configs = {m.label: load_config(None, [*base, *m.overrides]) for m in self.methods}
-        self.trainer = Trainer(self.configs[self.methods[0].label])
-        self.clock = PhaseClock(self.trainer)
-        self.device_name = (torch.cuda.get_device_name() if self.trainer.acc.device.type == "cuda"
+        self.task = SyntheticTask(self.prompts, self.prompt_len, self.seed)
+        self._trainer = Trainer
+        device = Trainer(self.configs[self.methods[0].label], task=self.task).acc.device
+        self.device_name = (torch.cuda.get_device_name() if device.type == "cuda"
                             else f"CPU ({torch.get_num_threads()} threads, {os.cpu_count()} cores)")
 
     def step(self, method: Method) -> dict:
         """One full training step of ``method`` on the fixed batch -> seconds per phase, tokens, memory."""
-        self.trainer.cfg = self.configs[method.label]
-        with forced_length(), self.clock.scoring_pass(), PeakMemory(self.trainer.acc.device) as mem:
-            metrics, _ = self.trainer.run_step(0)  # step 0 every time: the same prompts, the same seeds
-        out = self.clock.phases(metrics, method.k)
+        trainer = self._trainer(self.configs[method.label], task=self.task)
+        with forced_length(), PeakMemory(trainer.acc.device) as mem:
+            metrics, _ = trainer.run_step(0)  # step 0 every time: the same prompts, the same seeds
+        del trainer
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        out = phases(metrics)
         out["tokens"] = round(metrics["perf/tokens_per_s"] * metrics["perf/step_s"])
         out["peak_mem_bytes"] = mem.peak
         return out
@@ -380,6 +311,8 @@ def summarize(bench: Bench, runs: dict[str, list[dict]], repeats: int) -> dict:
         ratios[f"{label}/{base}"] = {
             "step": statistics.median(a["step"] / b["step"] for a, b in pairs),
             "learner": statistics.median(a["learner"] / b["learner"] for a, b in pairs),
+            # exact CREDIT pays K more teacher passes: 1 + K·t_teacher/t_step(SDPO), per repeat
+            "floor": statistics.median(1 + m.k * b["teacher"] / b["step"] for _, b in pairs),
         }
     return {
         "device": bench.device_name, "model": bench.model, "dtype": bench.dtype, "torch": torch.__version__,
@@ -414,11 +347,11 @@ def print_tables(result: dict) -> None:
         t.add_row(label, *(f"{m['tokens_per_s'][p]:.0f}" if p in m["tokens_per_s"] else "-"
                            for p in ("rollout", "teacher", "negatives", "update", "step")))
     console.print(t)
-    t = Table(title="CREDIT / SDPO (paired medians)")
-    for c in ("ratio", "whole step", "learner (scoring + update)"):
+    t = Table(title="CREDIT / SDPO (paired medians); floor = 1 + K·t_teacher / t_step(SDPO)")
+    for c in ("ratio", "whole step", "floor", "step − floor", "learner (scoring + update)"):
         t.add_column(c, justify="right" if c != "ratio" else "left")
     for name, r in result["ratios"].items():
-        t.add_row(name, f"{r['step']:.3f}", f"{r['learner']:.3f}")
+        t.add_row(name, f"{r['step']:.3f}", f"{r['floor']:.3f}", f"{r['step'] - r['floor']:+.3f}", f"{r['learner']:.3f}")
     console.print(t)
 
 
@@ -452,6 +385,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args) -> int:
+    for flag, value, least in (("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0), ("--prompts", args.prompts, 2),
+                               ("--samples", args.samples, 1), ("--response-len", args.response_len, 1)):
+        if value < least:
+            raise ValueError(f"{flag}={value}: must be >= {least}")
     if args.threads:
         torch.set_num_threads(args.threads)
     ks = tuple(int(k) for k in str(args.ks).split(",") if k.strip())

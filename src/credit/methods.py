@@ -72,8 +72,8 @@ class Scorer(Protocol):
     def teacher_logprobs(self, packs: list[Packed]) -> torch.Tensor:
         """ℓ of the response tokens under the teacher for each pack, one batched pass: (P, M, R)."""
 
-    def teacher_logits(self, packed: Packed) -> torch.Tensor:
-        """Teacher logits predicting each response token: (M, R, V)."""
+    def teacher_logits(self, packed: Packed, role: str = "teacher") -> torch.Tensor:
+        """Teacher logits predicting each response token: (M, R, V); ``role`` "teacher" (c) or "negatives"."""
 
 
 @dataclass
@@ -250,7 +250,7 @@ class LogitCredit(_Distill):
         if self.num_negatives:
             negs, neg_token = [], []
             for neg in b.negatives:
-                z = scorer.teacher_logits(neg.rows(m.rows))
+                z = scorer.teacher_logits(neg.rows(m.rows), "negatives")
                 negs.append(self._support(z, index))
                 neg_token.append(signal.token_logprobs(z, b.student.response_ids[m.rows], self.temperature))
             generic = self._generic_or_student(signal.AGGREGATORS[self.aggregator](torch.stack(negs, 1)),

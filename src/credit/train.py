@@ -70,10 +70,25 @@ def step_prompts(train: list[Example], batch: int, seed: int, step: int) -> list
 
 
 class TeacherScorer:
-    """The teacher's no-grad forwards, as a method asks for them (``credit.methods.Scorer``)."""
+    """The teacher's no-grad forwards, as a method asks for them (``credit.methods.Scorer``).
+
+    ``seconds`` accumulates forward time by role (teacher context c vs negative contexts c^(k)); the loop
+    reports it per step as ``perf/teacher_fwd_s`` and ``perf/negatives_fwd_s``. A batched pass over
+    rows ``[c | c^(1) | … | c^(K)]`` attributes each micro-batch's time by its rows.
+    """
 
     def __init__(self, teacher: Teacher, student, temperature: float, micro_batch: int):
         self.teacher, self.student, self.temperature, self.micro = teacher, student, temperature, micro_batch
+        self.seconds = {"teacher": 0.0, "negatives": 0.0}
+
+    def _timed(self, fn, *args):
+        if self.student.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn(*args)
+        if self.student.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0, out
 
     @torch.no_grad()
     def teacher_logprobs(self, packs: list[Packed]) -> torch.Tensor:
@@ -83,12 +98,22 @@ class TeacherScorer:
         parts = []
         for s in range(0, joined.input_ids.shape[0], self.micro):
             rows = joined.rows(slice(s, s + self.micro))
-            parts.append(token_logprobs(self.teacher.response_logits(self.student, rows), rows.response_ids,
-                                        self.temperature))
+            dt, z = self._timed(self.teacher.response_logits, self.student, rows)
+            share = max(0, min(s + self.micro, m) - s) / rows.input_ids.shape[0]  # rows [0, m) are c's
+            self.seconds["teacher"] += share * dt
+            self.seconds["negatives"] += (1 - share) * dt
+            parts.append(token_logprobs(z, rows.response_ids, self.temperature))
         return torch.cat(parts).view(len(packs), m, r)
 
-    def teacher_logits(self, packed: Packed) -> torch.Tensor:
-        return self.teacher.response_logits(self.student, packed)
+    def teacher_logits(self, packed: Packed, role: str = "teacher") -> torch.Tensor:
+        dt, z = self._timed(self.teacher.response_logits, self.student, packed)
+        self.seconds[role] += dt
+        return z
+
+    def pop_seconds(self) -> dict[str, float]:
+        out = {f"perf/{k}_fwd_s": v for k, v in self.seconds.items()}
+        self.seconds = dict.fromkeys(self.seconds, 0.0)
+        return out
 
 
 def _cat_padded(tensors: list[torch.Tensor], field: str) -> torch.Tensor:
@@ -105,7 +130,8 @@ def _cat_padded(tensors: list[torch.Tensor], field: str) -> torch.Tensor:
 class Trainer:
     """Builds everything from a validated config, then ``run()`` trains; ``run_step`` is one step."""
 
-    def __init__(self, cfg: TrainConfig, accelerator: Accelerator | None = None):
+    def __init__(self, cfg: TrainConfig, accelerator: Accelerator | None = None, task=None):
+        """``task``: a task object to train on instead of ``build_task(cfg.task)`` (benchmarks, notebooks)."""
         from credit.models import load_model
 
         self.cfg = cfg
@@ -117,7 +143,7 @@ class Trainer:
         if self.acc.num_processes > 1 and cfg.credit.swap == "context" and build_method(cfg).num_negatives:
             raise ValueError("credit.swap=context needs every prompt group's teacher context in one process; "
                              "use credit.swap=input with several processes")
-        self.task = build_task(cfg.task.name, **cfg.task.options)
+        self.task = task or build_task(cfg.task.name, **cfg.task.options)
         self.train_split = self.task.examples("train")
         if not self.train_split:
             raise ValueError(f"task '{cfg.task.name}' has no training examples")
@@ -292,8 +318,10 @@ class Trainer:
                 else:  # a NaN/inf never reaches the weights: the step is skipped and counted
                     self.skipped_steps += 1
                 self.optimizer.zero_grad(set_to_none=True)
+        t_teacher = time.perf_counter()
         if finite_steps:
             self.teacher.update(self.unwrapped)
+        t_teacher = time.perf_counter() - t_teacher
         # each process holds its share of the globally normalized loss: the sum is the batch loss
         totals = reduce(torch.tensor([sums["loss"], sums["clip"], sums["tokens"]], device=self.acc.device),
                         reduction="sum").tolist()
@@ -304,6 +332,7 @@ class Trainer:
             "loss/skipped_steps": float(self.skipped_steps),
             "loss/lr": self.scheduler.get_last_lr()[0],
             "loss/clip_fraction": sums["clip"] / max(sums["tokens"], 1),
+            "perf/teacher_update_s": t_teacher,
         }
         metrics.update(self.method.metrics(batch))
         return metrics
@@ -355,6 +384,7 @@ class Trainer:
             t1 = time.perf_counter()
             metrics.update(self.update(batch, step))
         metrics["perf/update_s"] = time.perf_counter() - t1
+        metrics.update(self.scorer.pop_seconds())
         metrics["perf/step_s"] = time.perf_counter() - t0
         metrics["perf/tokens_per_s"] = batch.student.response_mask.sum().item() / metrics["perf/step_s"]
         return metrics, records
