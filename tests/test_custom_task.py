@@ -139,7 +139,7 @@ def test_reward_receives_prompts_responses_and_row_copies(qa):
             examples[0]["gold"] = "edited"  # must not leak into the task's data
         return [float(r == e["gold"]) for r, e in zip(responses, examples)]
 
-    task = PromptTask(qa, prompt_field="q", reward=reward, n_test=0)
+    task = PromptTask(qa, prompt_field="q", reward=reward, n_test=0, system_prompt="Answer with a number.")
     exs = task.examples("train")
     rows = [next(r for r in ROWS if r["q"] == e.prompt) for e in exs]
     responses = [gold(exs[0]), "wrong", gold(exs[2]), gold(exs[3])]
@@ -262,6 +262,19 @@ def test_task_class_by_module_path(tmp_path):
         build_task(f"{tmp_path}/mytask.py:NotATask")
     with pytest.raises(ValueError, match="or your own 'package.module:Class'"):
         build_task("no_such_task")
+
+
+def test_cli_reports_data_and_reward_mistakes_in_one_line(tiny_model_dir, tmp_path, capsys):
+    from credit.cli import main as cli_main
+
+    path = write_jsonl(tmp_path / "d.jsonl", [ROWS[0], {"gold": "1"}])
+    (tmp_path / "rw.py").write_text("def f(prompts, responses, examples):\n    return [1.0] * len(responses)\n")
+    for reward, message in [(f"{tmp_path}/rw.py:f", "d.jsonl:2: field 'q': missing"),
+                            (f"{tmp_path}/rw.py:g", "rw.py:g': '" + str(tmp_path) + "/rw.py' has no attribute 'g'")]:
+        code = cli_main(["train", f"model.name={tiny_model_dir}", f"out_dir={tmp_path / 'run'}", "device=cpu",
+                         "task.name=prompts", f"task.options={{path: '{path}', prompt_field: q, reward: '{reward}'}}"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith("credit train: error: ") and message in err and "\n" not in err
 
 
 # ----------------------------------------------------------------------------- chat templates
