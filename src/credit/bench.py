@@ -41,7 +41,6 @@ import random
 import statistics
 import tempfile
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 

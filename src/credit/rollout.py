@@ -25,14 +25,14 @@ How this departs from a plain ``model.generate``:
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
+
+from credit.scoring import cache_kwarg, pack
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,6 @@ class Rollouts:
         Returns ``credit.scoring.Packed``: input_ids, attention_mask, position_ids ``(N, P+R)``;
         response_ids, response_mask ``(N, R)``; position ids restart at 0 on each row's first real
         token, as in ``generate``."""
-        from credit.scoring import pack
-
         packed = pack(self.prompt_ids, self.response_ids, pad_token_id, response_len)
         return packed.to(device) if device is not None else packed
 
@@ -231,14 +229,6 @@ def _generate_kwargs(cfg: SamplingConfig, eos_ids: list[int], pad_id: int) -> di
     return kw
 
 
-@functools.cache
-def _cache_kwarg() -> str:
-    """transformers renamed ``past_key_values`` to ``cache`` (5.2x; the old name warns, then goes)."""
-    from transformers import LlamaForCausalLM
-
-    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
-
-
 def _shared_prefill(model, ids: torch.Tensor, mask: torch.Tensor):
     """KV cache of ``ids[:, :-1]`` computed once per distinct row, then copied to every row.
 
@@ -257,7 +247,7 @@ def _shared_prefill(model, ids: torch.Tensor, mask: torch.Tensor):
     u_ids, u_mask = ids[pick, :-1], mask[pick, :-1]  # (u, P-1)
     cache = DynamicCache(config=model.config)
     model(input_ids=u_ids, attention_mask=u_mask, position_ids=(u_mask.cumsum(-1) - 1).clamp(min=0),
-          use_cache=True, **{_cache_kwarg(): cache})
+          use_cache=True, **{cache_kwarg(): cache})
     cache.batch_select_indices(torch.tensor(index, device=ids.device))
     return cache
 
@@ -269,7 +259,7 @@ def _generate_chunk(model, tokenizer, prompts, cfg, eos_ids, pad_id, device):
     if cfg.share_prefill and cfg.num_samples > 1:
         cache = _shared_prefill(model, ids, mask)
         if cache is not None:
-            kw[_cache_kwarg()] = cache
+            kw[cache_kwarg()] = cache
     if cfg.stop:
         kw["stopping_criteria"] = StoppingCriteriaList([_StopStrings(tokenizer, cfg.stop, ids.shape[1])])
     out = model.generate(input_ids=ids, attention_mask=mask, **kw)  # (b, P+T)

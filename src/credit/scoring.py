@@ -5,6 +5,8 @@ column t is response token t, whatever the context lengths.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +61,15 @@ def pack(contexts: list[list[int]], responses: list[list[int]], pad_id: int, res
     return Packed(input_ids, attention, positions, response_ids.clone(), response_mask)
 
 
+@functools.cache
+def cache_kwarg() -> str:
+    """The forward keyword of the KV cache: transformers renamed ``past_key_values`` to ``cache`` (5.2x;
+    the old name warns, then goes). Scoring and rollout both pass a cache through it."""
+    from transformers import LlamaForCausalLM
+
+    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
 def response_logits(model, packed: Packed, share_prefix: bool = True) -> torch.Tensor:
     """Logits that predict each response token: (N, R, V).
 
@@ -83,17 +94,15 @@ def response_logits(model, packed: Packed, share_prefix: bool = True) -> torch.T
         return out.logits[:, :-1, :]  # position C-1+t predicts response token t
     from transformers import DynamicCache
 
-    from credit.rollout import _cache_kwarg
-
     first = torch.zeros(unique.shape[0], dtype=torch.long, device=inverse.device)  # a row of each context
     first.scatter_(0, inverse.flip(0), torch.arange(len(inverse) - 1, -1, -1, device=inverse.device))
     cache = DynamicCache(config=getattr(model, "config", None))
     head = model(input_ids=contexts[first], attention_mask=packed.attention_mask[first, :ctx_len],
                  position_ids=packed.position_ids[first, :ctx_len], logits_to_keep=1, use_cache=True,
-                 **{_cache_kwarg(): cache})
+                 **{cache_kwarg(): cache})
     cache.batch_select_indices(inverse)  # differentiable indexing: (U, ...) -> (N, ...)
     tail = model(input_ids=packed.input_ids[:, ctx_len:], attention_mask=packed.attention_mask,
-                 position_ids=packed.position_ids[:, ctx_len:], use_cache=True, **{_cache_kwarg(): cache})
+                 position_ids=packed.position_ids[:, ctx_len:], use_cache=True, **{cache_kwarg(): cache})
     # the context's last position predicts response token 0; response position t predicts t+1
     return torch.cat([head.logits[inverse, -1:, :], tail.logits[:, :-1, :]], dim=1)
 

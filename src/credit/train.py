@@ -205,7 +205,8 @@ class Trainer:
             num_samples=cfg.rollout.samples_per_prompt, max_new_tokens=cfg.rollout.max_new_tokens,
             temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, stop=tuple(cfg.rollout.stop),
             micro_batch_size=cfg.rollout.micro_batch)
-        prompt_ids = encode_prompts(self.tok, [examples[i].messages for i in local])
+        chat = cfg.model.chat_template_kwargs
+        prompt_ids = encode_prompts(self.tok, [examples[i].messages for i in local], chat_template_kwargs=chat)
         rollouts = sample(self.unwrapped, self.tok, prompt_ids, sampling,
                           generator=_torch_gen(cfg.seed, step, f"sample{rank}"))
         metrics.update(rollouts.metrics())
@@ -228,7 +229,7 @@ class Trainer:
             self.tok, examples, groups, rollouts.texts, outcomes, success_threshold=t.success_threshold,
             dont_reprompt_on_self_success=t.dont_reprompt_on_self_success, strip_thinking=t.strip_thinking,
             include_feedback=t.include_feedback, feedback_only_without_demo=t.feedback_only_without_demo,
-            max_context_tokens=t.max_context_tokens)
+            max_context_tokens=t.max_context_tokens, chat_template_kwargs=chat)
         metrics.update(contexts.metrics())
         k = self.method.num_negatives
         negative_contexts, mine = [[] for _ in groups], [[] for _ in groups]
@@ -239,7 +240,7 @@ class Trainer:
                                            problems=problem_keys(examples))
             mine = drawn[rank * len(groups): (rank + 1) * len(groups)]
             negs = build_negative_contexts(self.tok, examples, groups, contexts, mine, swap=c.swap,
-                                           max_context_tokens=t.max_context_tokens)
+                                           max_context_tokens=t.max_context_tokens, chat_template_kwargs=chat)
             negative_contexts = negs.context_ids
             metrics.update(negs.metrics())
         r_len = max(len(y) for y in rollouts.response_ids)
@@ -395,7 +396,8 @@ def evaluate_model(trainer: Trainer) -> dict:
     cfg = trainer.cfg
     return evaluate(trainer.unwrapped, trainer.tok, trainer.task, split="test", n=cfg.eval.samples,
                     temperature=cfg.eval.temperature, max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
-                    batch_size=cfg.rollout.micro_batch, seed=cfg.seed, limit=cfg.eval.limit)
+                    batch_size=cfg.rollout.micro_batch, seed=cfg.seed, limit=cfg.eval.limit,
+                    chat_template_kwargs=cfg.model.chat_template_kwargs)
 
 
 def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False) -> dict:
