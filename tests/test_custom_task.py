@@ -422,8 +422,6 @@ STRICT_QWEN3_LIKE = ("{% if enable_thinking is not defined %}{{ raise_exception(
                      "{% endif %}" + QWEN3_LIKE)
 
 
-@pytest.mark.xfail(strict=True, reason="the Trainer does not yet pass cfg.model.chat_template_kwargs to "
-                   "encode_prompts / build_teacher_contexts / build_negative_contexts / evaluate")
 def test_config_chat_template_kwargs_reach_every_prompt_of_a_run(tiny_model_dir, tmp_path):
     import shutil
 

@@ -55,7 +55,7 @@ from typing import Any
 from credit.tasks import _io
 from credit.tasks.base import BaseTask, DataError, Example, Outcome
 
-RewardFn = Callable[[list[str], list[str], list[dict]], Sequence[Any]]
+RewardFn = Callable[[list[str], list[str], list[dict]], Sequence[Any]]  # (prompts, responses, examples) -> R per response
 
 _ROLES = ("system", "user", "assistant")
 _RETURN_FORMS = "a number, a (reward, feedback) pair or a dict {'reward': number, 'feedback': str, 'info': dict}"
@@ -139,7 +139,7 @@ def load_task_class(spec: str) -> type[BaseTask]:
     return cls
 
 
-def load_reward(spec: str | Callable) -> tuple[str, Callable]:
+def load_reward(spec: str | RewardFn) -> tuple[str, RewardFn]:
     """``(label, function)`` for one reward entry, its signature checked against the three lists."""
     fn = spec if callable(spec) else load_object(spec, "reward function")
     label = spec if isinstance(spec, str) else getattr(spec, "__qualname__", repr(spec))
@@ -370,6 +370,7 @@ class PromptTask(BaseTask):
         test_rows = None
         if test_path is not None:
             test_rows, _ = _read_rows(test_path, test_split)
+            # line numbers restart in the second file: prefix its default ids so they stay unique
             test_rows = [(row, where, line, f"test:{rid}") for row, where, line, rid in test_rows]
         elif folder_splits is not None and test_split in folder_splits and test_split != split:
             test_rows = folder_splits[test_split]
