@@ -258,6 +258,8 @@ def test_task_class_by_module_path(tmp_path):
     task = build_task(f"{tmp_path}/mytask.py:Echo", word="yo")
     assert isinstance(task, BaseTask) and [e.prompt for e in task.examples("train")] == ["yo 0", "yo 1"]
     assert task.score(task.examples("test")[0], "yo 2").reward == 1.0
+    with pytest.raises(ValueError, match="has no option 'wrd'; its options: word"):  # not a TypeError traceback
+        build_task(f"{tmp_path}/mytask.py:Echo", wrd="yo")
     with pytest.raises(ValueError, match="is class NotATask, not a subclass of credit.tasks.BaseTask"):
         build_task(f"{tmp_path}/mytask.py:NotATask")
     with pytest.raises(ValueError, match="or your own 'package.module:Class'"):
