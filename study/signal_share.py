@@ -1,0 +1,136 @@
+"""What the signal does (issue 12, item 6): where |ΔV_t| and |S_t| put their mass on a response.
+
+Over the rollouts a run logged (``rollouts.jsonl``: response ids, the teacher context it was scored
+under, the demo/feedback, the negative prompts), each response token is put in a class by what it
+depends on, and ΔV_t and S_t are recomputed with ``credit.explain.explain`` (a *live* teacher: the
+given model scores student, teacher and negative contexts; the training-time teacher was an EMA of
+it, so this reads the signal's shape, not the exact training values).
+
+Addition (``What is a + b?``): a token whose text is digits found in ``a`` or ``b`` is **copied**
+from the input; digits of ``a + b`` that are not copied are **computed**; everything else is
+**generic** (words, punctuation, other numbers). The CREDIT claim, quantified: the input-specific
+part S should put a larger share of its mass on copied/computed tokens than ΔV does.
+
+    python study/signal_share.py RUN_DIR [RUN_DIR ...] --model smollm2-135m-instruct --out study/signal
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+from collections import defaultdict
+from pathlib import Path
+
+CLASSES = ("copied", "computed", "generic")
+
+
+def operands(messages: list[dict]) -> tuple[str, str] | None:
+    found = re.findall(r"\d+", messages[-1]["content"])
+    return (found[0], found[1]) if len(found) >= 2 else None
+
+
+def token_class(piece: str, a: str, b: str) -> str:
+    digits = piece.strip()
+    if not digits.isdigit():
+        return "generic"
+    if digits in a or digits in b:
+        return "copied"
+    if digits in str(int(a) + int(b)):
+        return "computed"
+    return "generic"
+
+
+def analyse(records: list[dict], model, tokenizer, negatives_pool: list[list[dict]], seed: int = 0) -> dict:
+    from credit.explain import explain
+
+    rng = random.Random(seed)
+    mass = {name: defaultdict(float) for name in ("dv", "s")}
+    signed = {name: defaultdict(float) for name in ("dv", "s")}
+    count: dict[str, int] = defaultdict(int)
+    used = 0
+    for rec in records:
+        ab = operands(rec["prompt_messages"])
+        if not rec.get("has_signal") or ab is None or not rec["response_ids"]:
+            continue
+        negs = rec.get("negative_prompts") or []
+        if not negs:  # SDPO/GRPO runs log no negatives: draw another problem of the pool
+            others = [p for p in negatives_pool if p != rec["prompt_messages"]]
+            negs = [rng.choice(others)]
+        e = explain(model, tokenizer, rec["prompt_messages"], rec["response_ids"], feedback=rec.get("feedback"),
+                    demo=rec.get("demo"), negatives=negs, teacher_context_ids=rec.get("teacher_context_ids"))
+        used += 1
+        for piece, dv, s in zip(e.tokens, e.dv, e.s):
+            c = token_class(piece, *ab)
+            count[c] += 1
+            mass["dv"][c] += abs(dv)
+            mass["s"][c] += abs(s)
+            signed["dv"][c] += dv
+            signed["s"][c] += s
+    out = {"rollouts": used, "tokens": dict(count), "classes": {}}
+    for c in CLASSES:
+        n = max(count[c], 1)
+        out["classes"][c] = {
+            "tokens": count[c],
+            "share_abs_dv": mass["dv"][c] / max(sum(mass["dv"].values()), 1e-12),
+            "share_abs_s": mass["s"][c] / max(sum(mass["s"].values()), 1e-12),
+            "mean_abs_dv": mass["dv"][c] / n, "mean_abs_s": mass["s"][c] / n,
+            "mean_dv": signed["dv"][c] / n, "mean_s": signed["s"][c] / n,
+        }
+    return out
+
+
+def plot(results: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    width = 0.8 / (2 * len(results))
+    for i, (label, r) in enumerate(results.items()):
+        for j, (key, name) in enumerate((("share_abs_dv", "|ΔV|"), ("share_abs_s", "|S|"))):
+            xs = [k + (2 * i + j) * width for k in range(len(CLASSES))]
+            axes[0].bar(xs, [r["classes"][c][key] for c in CLASSES], width, label=f"{name} {label}")
+            axes[1].bar(xs, [r["classes"][c][key.replace("share", "mean")] for c in CLASSES], width,
+                        label=f"{name} {label}")
+    for ax, title in zip(axes, ("share of the mass per token class", "mean |value| per token")):
+        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(CLASSES))], CLASSES)
+        ax.set_title(title)
+    axes[0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(1.1, -0.12), ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", help="run directories with rollouts.jsonl")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="the live teacher/student (default: base model)")
+    p.add_argument("--limit", type=int, default=200, help="rollouts per run (default 200)")
+    p.add_argument("--out", default="study/signal", help="folder for signal_share.json and signal_share.png")
+    args = p.parse_args()
+
+    from credit.models import load_model
+
+    model, tok = load_model(args.model)
+    results = {}
+    for run in args.runs:
+        lines = Path(run, "rollouts.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in lines][: args.limit]
+        pool = [r["prompt_messages"] for r in records]
+        results[Path(run).parent.name + "/" + Path(run).name] = analyse(records, model, tok, pool)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "signal_share.json").write_text(json.dumps({"model": args.model, "runs": results}, indent=2))
+    plot(results, out / "signal_share.png")
+    for label, r in results.items():
+        print(label, r["rollouts"], "rollouts")
+        for c in CLASSES:
+            x = r["classes"][c]
+            print(f"  {c:9s} {x['tokens']:5d} tokens  share |ΔV| {x['share_abs_dv']:.3f}  share |S| {x['share_abs_s']:.3f}"
+                  f"  mean |ΔV| {x['mean_abs_dv']:.3f}  mean |S| {x['mean_abs_s']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
