@@ -1,41 +1,110 @@
-"""Atomic checkpoints: one file written beside its final name, flushed to disk, then renamed over it.
+"""Atomic checkpoints: every file is written beside its final name, flushed to disk, then renamed over it.
 
-A crash (even SIGKILL) during a write leaves the previous checkpoint intact; a resumed run reloads
-weights, teacher, optimizer, schedule and step, and because every random draw of a step is seeded by
-(seed, step) it continues exactly as the uninterrupted run would have.
+Layout in the run directory:
+  checkpoints/step-000010.pt   the last ``keep`` checkpoints, named by the number of completed steps
+  checkpoint.pt                the latest of them (a hard link: same bytes, no extra disk, and it
+                               survives the pruning of its step file)
+  checkpoint-best.pt           the student's weights at the best held-out accuracy (``save_best``)
+
+A crash (even SIGKILL) during a write leaves the previous checkpoint intact: the new file becomes
+visible only by ``os.replace``, and ``checkpoint.pt`` is repointed only after it is complete. A resumed
+run reloads weights, teacher, optimizer, schedule, RNG and step, and because every random draw of a
+step is seeded by (seed, step) it continues exactly as the uninterrupted run would have.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
 
+from credit.errors import UserError
+
 CHECKPOINT = "checkpoint.pt"
+BEST = "checkpoint-best.pt"
+STEP_DIR = "checkpoints"
 
 
-def save(run_dir: str | Path, state: dict) -> Path:
-    path = Path(run_dir) / CHECKPOINT
-    tmp = path.with_name(f".{CHECKPOINT}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+def step_name(done_steps: int) -> str:
+    return f"step-{done_steps:06d}.pt"
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (the directory entry itself is data)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)
+
+
+def _write_atomic(path: Path, state: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _point_latest(run_dir: Path, target: Path) -> None:
+    """``checkpoint.pt`` := ``target``, atomically: a hard link made under a temporary name, renamed
+    over the old one (a copy where the file system has no hard links)."""
+    tmp = run_dir / f".{CHECKPOINT}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(target, tmp)
+    except OSError:
+        shutil.copyfile(target, tmp)
+    os.replace(tmp, run_dir / CHECKPOINT)
+    _fsync_dir(run_dir)
+
+
+def save(run_dir: str | Path, state: dict, keep: int = 1) -> Path:
+    """Write ``state`` (with ``state["step"]`` the 0-based last completed step) as
+    ``checkpoints/step-<step+1>.pt``, point ``checkpoint.pt`` at it, keep the newest ``keep`` step files."""
+    run_dir = Path(run_dir)
+    steps_dir = run_dir / STEP_DIR
+    steps_dir.mkdir(parents=True, exist_ok=True)
+    for stale in steps_dir.glob(".*.tmp"):  # what a process killed mid-write left; only one process writes here
+        stale.unlink(missing_ok=True)
+    path = steps_dir / step_name(state["step"] + 1)
+    _write_atomic(path, state)
+    _point_latest(run_dir, path)
+    for old in sorted(steps_dir.glob("step-*.pt"))[:-keep]:
+        if old != path:
+            old.unlink()
+    return run_dir / CHECKPOINT
+
+
+def save_best(run_dir: str | Path, state: dict) -> Path:
+    """``checkpoint-best.pt``: only what ``credit eval --model`` needs (step, weights, config, eval)."""
+    path = Path(run_dir) / BEST
+    _write_atomic(path, state)
     return path
 
 
-def load(run_dir: str | Path) -> dict | None:
-    path = Path(run_dir) / CHECKPOINT
-    if not path.exists():
-        return None
+def load_file(path: str | Path) -> dict:
+    """A checkpoint written by ``save``; an unreadable file is a one-line error naming it."""
+    path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a file we did not write completely cannot exist (atomic rename)
-        raise RuntimeError(f"{path}: unreadable checkpoint ({e}); move it away to start fresh") from e
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - atomic renames mean we never leave a partial file; this one is foreign
+        raise UserError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e}); give another checkpoint "
+                        "(--resume PATH) or start over with --overwrite") from None
+    if not isinstance(state, dict) or "step" not in state or "model" not in state:
+        raise UserError(f"{path}: not a training checkpoint (no 'step' and 'model'); give the run's checkpoint.pt")
+    return state
+
+
+def load(run_dir: str | Path) -> dict | None:
+    """The latest checkpoint of a run directory, or None when it has none."""
+    path = Path(run_dir) / CHECKPOINT
+    return load_file(path) if path.exists() else None

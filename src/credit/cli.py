@@ -7,6 +7,8 @@ import importlib
 import os
 import sys
 
+from credit.errors import one_line
+
 # subcommands that live in their own modules; each has add_parser(subparsers) and run(args)
 SUBCOMMAND_MODULES = ["credit.evaluate", "credit.explain", "credit.pmi", "credit.report", "credit.bench"]
 
@@ -17,13 +19,18 @@ def _train(args) -> int:
     if args.help_config:
         print(describe())
         return 0
-    config, overrides = args.config, list(args.overrides)
+    positional = [args.config, *args.overrides] if args.config is not None else list(args.overrides)
+    resume = args.resume
+    if isinstance(resume, str) and not os.path.exists(resume) and ("=" in resume or resume.endswith((".yaml", ".yml"))):
+        # `--resume` takes an optional PATH, so argparse gave it the config or an override that followed it
+        positional, resume = [*positional, resume], True
+    config, overrides = (positional[0], positional[1:]) if positional else (None, [])
     if config is not None and "=" in config and not os.path.exists(config):  # no file, only overrides
-        config, overrides = None, [config, *overrides]
+        config, overrides = None, positional
     cfg = load_config(config, overrides)  # validated before any model loads
     from credit.train import train
 
-    summary = train(cfg, resume=args.resume)
+    summary = train(cfg, resume=resume, overwrite=args.overwrite)
     before = summary.get("eval_before", {})
     after = summary.get("eval_after", {})
     key = next((k for k in after if k.startswith("mean@")), None)
@@ -35,11 +42,16 @@ def _train(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="credit", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="Train with GRPO, SDPO or CREDIT from a YAML config.")
     p.add_argument("config", nargs="?", help="YAML config (see configs/); omitted: all defaults")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. credit.lam=0.3")
-    p.add_argument("--resume", action="store_true", help="Continue from out_dir/checkpoint.pt if present.")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
+                   help="Continue the run in out_dir from its checkpoint.pt, or from PATH (a checkpoint file or a run "
+                        "directory). The config may change only in what can apply; the log says what changed.")
+    p.add_argument("--overwrite", action="store_true", help="Delete the run already in out_dir (only the files a run "
+                   "writes) and start over.")
     p.add_argument("--help-config", action="store_true", help="List every config field with its default and help.")
     p.set_defaults(func=_train)
     for name in SUBCOMMAND_MODULES:
@@ -53,13 +65,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("credit-distill")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
+    # The Hub is used when reachable; offline only when the user or the environment sets HF_HUB_OFFLINE
+    # (models.load_model then says which model is missing from the cache).
     args = build_parser().parse_args(argv)
+    from credit.runs import Interrupted
+
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
-        print(f"credit {args.command}: error: {e}", file=sys.stderr)
+    except Interrupted as e:  # a checkpoint was saved; 128 + the signal, as a shell reports it
+        print(f"credit {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C while the step finished: no checkpoint of this step
+        print(f"credit {args.command}: aborted by a second Ctrl-C; nothing saved since the last checkpoint",
+              file=sys.stderr)
+        return 130
+    except (ValueError, ImportError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+            PermissionError) as e:
+        print(f"credit {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -4,6 +4,7 @@ documented once, validated before any model loads, frozen afterwards.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,9 +29,15 @@ class LoraConfig(_Section):
 
 class ModelConfig(_Section):
     name: str = Field("smollm2-135m-instruct", description="Hugging Face id, local path, or the offline default alias.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = Field(
+        "float32", description="Compute precision. bfloat16/float16 run under autocast over float32 master weights "
+        "and optimizer state (the EMA teacher accumulates in float32); float64 for numerical checks.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass (less memory, "
+                                         "~30% more compute); turns off optim.share_prefix for the student's forward.")
     cache_dir: str | None = Field(None, description="Where the offline default is converted once (default ~/.cache/credit).")
     lora: LoraConfig | None = Field(None, description="Train LoRA adapters instead of all weights (the EMA teacher is then over adapters).")
+    merge_lora_on_save: bool = Field(False, description="With model.lora: write final/ as a plain model with the "
+                                     "adapters merged into the weights (loads without peft) instead of the adapters alone.")
     chat_template_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra variables of the chat template for student, teacher and evaluation "
         "prompts, e.g. {enable_thinking: false} for Qwen3 (a template that does not read one ignores it).")
@@ -66,7 +73,8 @@ class TeacherConfig(_Section):
 
 class MethodConfig(_Section):
     mode: Literal["token", "logits", "sequence"] = Field(
-        "token", description="How credit reaches the gradient (SPEC §1.2): per sampled token, over a vocabulary support, or per sequence.")
+        "token", description="How credit reaches the gradient (docs/method.md): per sampled token, over a vocabulary support, or per "
+        "sequence (Σ_t r^λ_t group-normalized over the rollouts with a teacher signal; with method=sdpo: Σ_t ΔV_t).")
     lam: float = Field(0.5, ge=0, le=1, description="CREDIT λ: r = (1−λ)·ΔV + λ·S (0 = SDPO, 1 = pure input-specific).")
     num_negatives: int = Field(1, ge=1, description="K negative contexts per sample.")
     negative_strategy: Literal["random", "roll", "all"] = Field(
@@ -80,7 +88,7 @@ class MethodConfig(_Section):
     reward_to_go: bool = Field(False, description="Token mode: advantage Σ_{s≥t} γ^{s−t} r_s instead of r_t.")
     gamma: float = Field(1.0, ge=0, le=1, description="Discount of reward-to-go.")
     clip_advantage: float | None = Field(None, gt=0, description="|A| ≤ c for token mode (None: no clip).")
-    sequence_length_normalize: bool = Field(False, description="Sequence mode: use the mean of S_t instead of the sum.")
+    sequence_length_normalize: bool = Field(False, description="Sequence mode: use the mean of r^λ_t instead of the sum.")
     grpo_weight: float = Field(0.0, ge=0, le=1, description="w in A = w·A_GRPO + (1−w)·A_SD (SDPO paper Eq. 3).")
     grpo_scale_std: bool = Field(True, description="Divide GRPO's group-centered reward by the group std (False: Dr. GRPO).")
 
@@ -116,6 +124,10 @@ class EvalConfig(_Section):
 class LogConfig(_Section):
     tensorboard: bool = Field(True, description="Write TensorBoard event files.")
     wandb: bool = Field(False, description="Log to Weights & Biases (needs `wandb`).")
+    wandb_project: str = Field("credit", description="W&B project.")
+    wandb_entity: str | None = Field(None, description="W&B entity (team or user; default: your W&B default).")
+    wandb_run_name: str | None = Field(None, description="W&B run name (default: the name of out_dir).")
+    wandb_tags: list[str] = Field(default_factory=list, description="W&B tags.")
     rollouts_every: int = Field(1, ge=0, description="Write sampled rollouts with their teacher contexts every N steps (0: never).")
     rollouts_per_step: int = Field(4, ge=0, description="How many rollouts to write per logged step.")
     progress: bool = Field(True, description="Show a progress bar.")
@@ -127,6 +139,8 @@ class TrainConfig(_Section):
     steps: int = Field(30, ge=1, description="Training steps (one rollout batch each).")
     out_dir: str = Field("runs/quickstart", description="Run directory: config, metrics, rollouts, checkpoints.")
     checkpoint_every: int = Field(10, ge=0, description="Write an atomic checkpoint every N steps (0: only at the end).")
+    checkpoint_keep: int = Field(1, ge=1, description="Keep the last N checkpoints (checkpoints/step-*.pt; checkpoint.pt "
+                                 "is the latest). With eval.every, checkpoint-best.pt keeps the best held-out mean@n.")
     device: str | None = Field(None, description="cpu, cuda, ... (default: what accelerate picks).")
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
@@ -152,8 +166,6 @@ class TrainConfig(_Section):
                 raise ValueError(
                     f"credit.num_negatives={c.num_negatives} but only {b - 1} other prompt groups per batch; "
                     f"set credit.num_negatives <= {b - 1}, raise rollout.prompts_per_step, or use negative_strategy: all")
-        if self.method == "sdpo" and c.mode == "sequence":
-            raise ValueError("credit.mode=sequence needs negatives (method: credit); SDPO supports token and logits")
         if self.method == "grpo" and c.grpo_weight not in (0.0, 1.0):
             raise ValueError("method=grpo uses only the outcome advantage; credit.grpo_weight applies to sdpo/credit")
         if self.teacher.kind == "trust_region" and self.model.lora is not None:
@@ -174,17 +186,63 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+#: Names other trainers (TRL, verl) use for a field, so a user coming from them is pointed at ours.
+KEY_ALIASES = {
+    "learning_rate": "optim.lr", "lr": "optim.lr", "warmup": "optim.warmup_steps", "max_grad_norm": "optim.grad_clip",
+    "num_generations": "rollout.samples_per_prompt", "n": "rollout.samples_per_prompt",
+    "max_completion_length": "rollout.max_new_tokens", "max_new_tokens": "rollout.max_new_tokens",
+    "per_device_train_batch_size": "rollout.prompts_per_step", "lambda": "credit.lam", "lamda": "credit.lam",
+    "max_steps": "steps", "output_dir": "out_dir", "report_to": "log.wandb", "model_name_or_path": "model.name",
+}
+
+
+def config_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the config tree (sections included), e.g. ``optim``, ``optim.lr``."""
+    model = model or TrainConfig
+    keys = []
+    for name, f in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = f.annotation
+        sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else LoraConfig if name == "lora" else None
+        if sub is not None:
+            keys.extend(config_keys(sub, f"{prefix}{name}."))
+    return keys
+
+
+def suggest_key(key: str) -> str | None:
+    """The config key a misspelt or misplaced ``key`` most likely meant (None: no good guess)."""
+    import difflib
+
+    keys = config_keys()
+    leaf = key.rsplit(".", 1)[-1]
+    same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf and k != key]
+    if same_leaf:  # the right name in the wrong section: `lr` for `optim.lr`
+        return same_leaf[0]
+    if leaf.lower() in KEY_ALIASES:
+        return KEY_ALIASES[leaf.lower()]
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.75)
+    if close:
+        return close[0]
+    section = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    leaves = [k.removeprefix(section) for k in keys if k.startswith(section) and "." not in k.removeprefix(section)]
+    close = difflib.get_close_matches(leaf, leaves, n=1, cutoff=0.6)
+    return section + close[0] if close else None
+
+
 def _format(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config ({source}):"]
+    """All problems of a config on one line (the CLI prints one line per error), each naming its key."""
+    parts = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(root)"
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key; check its spelling against `credit train --help-config`")
+            guess = suggest_key(key)
+            hint = f"did you mean `{guess}`?" if guess else "check its spelling against `credit train --help-config`"
+            parts.append(f"{key}: unknown key; {hint}")
         elif not e["loc"]:  # a combination of keys (model validator): the message names them
-            lines.append("  " + e["msg"].removeprefix("Value error, "))
+            parts.append(e["msg"].removeprefix("Value error, "))
         else:
-            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
+            parts.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+    return f"invalid config ({source}): " + "; ".join(parts)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
@@ -230,7 +288,19 @@ def describe() -> str:
             out.append(f"{prefix}{name} = {default!r}  {f.description}")
 
     walk(TrainConfig, "")
+    out += ["", "Tasks (task.name) and their options (task.options: {key: value}):"]
+    from credit.tasks import task_options
+
+    for name, (options, extra) in task_options().items():
+        shown = ", ".join(f"{k}={_short(v)}" if v is not inspect.Parameter.empty else f"{k} (required)"
+                          for k, v in options.items())
+        out.append(f"  {name}: {shown or '(none)'}{'; also ' + extra if extra else ''}")
     return "\n".join(out)
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def dump(cfg: TrainConfig) -> str:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from credit import viz
-from credit.viz import UserError
+from credit.errors import UserError
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -174,7 +174,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from credit.explain import add_common_model_args
+    from credit.runfiles import add_common_model_args
 
     p = sub.add_parser("eval", help="mean@n, pass@k, maj@n of a model or checkpoint on a task's held-out split",
                        description="Sample n responses per item of a task split (batched), score them, and "
@@ -198,7 +198,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 @viz.cli_entry
 def run(args) -> int:
-    from credit.explain import load_model_from_args, parse_task_options
+    from credit.runfiles import load_model_from_args, parse_task_options
     from credit.tasks import build_task
 
     task = build_task(args.task, **parse_task_options(args.task_option))

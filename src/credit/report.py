@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from credit import viz
-from credit.viz import UserError
+from credit.errors import UserError
 
 #: (file stem, title, metric keys). A key ending in "*" is a prefix: every metric that starts with it.
 PANELS: list[tuple[str, str, list[str]]] = [
@@ -253,9 +253,11 @@ def make_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[str
     (PNGs embedded); return ``{"html": path, <panel>: path, ...}``."""
     if not run_dirs:
         raise UserError("give at least one run directory")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():  # checked first: reading the runs can take a while
+        raise UserError(f"--out {out_dir}: a file is there; give a directory (it is created if missing)")
     runs = [load_run(p) for p in run_dirs]
     groups = group_runs(runs)
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     images = []

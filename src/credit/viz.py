@@ -8,13 +8,11 @@ the one place the command-line entry points turn a user error into a message and
 from __future__ import annotations
 
 import base64
-import functools
 import html
 import io
 import math
-import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -22,6 +20,9 @@ import matplotlib
 matplotlib.use("Agg")  # never open a window; safe on headless machines and in tests
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+# UserError and cli_entry live in credit.errors; imported here for callers of their old home
+from credit.errors import UserError, cli_entry  # noqa: E402, F401
 
 # Diverging scale: negative values red, positive blue, zero white (the RdBu convention).
 NEGATIVE_RGB = (178, 24, 43)
@@ -32,10 +33,6 @@ CMAP = "RdBu"
 VISIBLE_WHITESPACE = {"\n": "↵", "\t": "⇥", "\r": "␍"}
 #: Shown for a token that decodes to nothing on its own (part of a multi-byte character).
 EMPTY_TOKEN = "◦"
-
-
-class UserError(ValueError):
-    """Bad input from the user (a path, a file's content, an option): reported without a traceback."""
 
 
 # ----------------------------------------------------------------------------- colours
@@ -219,22 +216,3 @@ def heat_strip(
 
 def close(fig: Figure) -> None:
     plt.close(fig)
-
-
-# ----------------------------------------------------------------------------- CLI errors
-
-
-def cli_entry(func: Callable[..., int]) -> Callable[..., int]:
-    """Wrap a subcommand's ``run(args)``: a ``UserError`` (or a missing file, or a ``ValueError``
-    from validation) prints ``credit <cmd>: error: ...`` on stderr and returns 2, no traceback."""
-
-    @functools.wraps(func)
-    def wrapper(args) -> int:
-        try:
-            return func(args)
-        except (UserError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
-            name = getattr(args, "command", None) or func.__module__.rsplit(".", 1)[-1]
-            print(f"credit {name}: error: {e}", file=sys.stderr)
-            return 2
-
-    return wrapper

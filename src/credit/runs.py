@@ -1,0 +1,377 @@
+"""A run directory a researcher can trust: never overwritten by accident, resumed only under a config
+that can continue it, and stopped by Ctrl-C or SIGTERM with a checkpoint instead of a traceback.
+
+``train()`` calls, in this order:
+  1. ``prepare_run_dir``   an existing run (metrics.jsonl, checkpoint.pt or summary.json) is refused
+                           unless ``--resume`` or ``--overwrite`` says what to do with it;
+  2. ``load_resume``       the checkpoint to continue from (``--resume`` or ``--resume PATH``);
+  3. ``reconcile``         the saved config against the new one: what cannot apply is refused, the
+                           rest is applied and listed (``optim.lr/betas/weight_decay`` are restored
+                           with the optimizer's state, so ``apply_optimizer_config`` re-applies them);
+  4. ``clear_run``         (``--overwrite``) removes only what a run writes;
+  5. ``trim_jsonl``        drops what a crashed run logged after its checkpoint, and a torn last line;
+  6. ``Interrupts``        SIGINT/SIGTERM set a flag that the loop reads after each step.
+
+Policy on a changed config at resume (decided once, here, and written to ``run.log``):
+  refused  method, credit.mode, model.name, model.dtype, model.lora (shape), task.*, seed,
+           rollout.prompts_per_step, rollout.samples_per_prompt, teacher.kind, optim.epochs,
+           optim.mini_batches — the checkpoint's weights, teacher state, data order or schedule
+           position would not mean what the new config says;
+  applied  everything else, from the next step on. The schedule follows the new optim.lr, warmup,
+           schedule and steps at the same optimizer-step position (so its value can jump).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from credit.errors import UserError
+
+#: A directory holding any of these holds a run.
+RUN_MARKERS = ("metrics.jsonl", "checkpoint.pt", "summary.json")
+#: Everything a run writes into out_dir; ``--overwrite`` removes these and nothing else.
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "rollouts.jsonl", "summary.json", "checkpoint.pt", "checkpoints",
+               "checkpoint-best.pt", "final", "tb", "wandb", "run.log", "wandb-run-id")
+
+#: Config keys (or key prefixes) a resumed run cannot change, with the reason the user is shown.
+REFUSED_CHANGES = {
+    "method": "the checkpoint's teacher and optimizer state belong to the saved method",
+    "credit.mode": "the saved update rule produced the checkpoint's optimizer state",
+    "model.name": "the checkpoint holds the saved model's weights",
+    "model.dtype": "the checkpoint's weights and optimizer state are in the saved dtype",
+    "model.lora": "the checkpoint's adapters have the saved shape",
+    "task": "the data order and the held-out split are the saved task's",
+    "seed": "every draw of step s is seeded by (seed, step); another seed is another run",
+    "rollout.prompts_per_step": "step s reads prompts s·B..s·B+B-1 of the data order; another B skips or repeats examples",
+    "rollout.samples_per_prompt": "G fixes the groups of GRPO's normalization and of the saved rollouts",
+    "teacher.kind": "the checkpoint's teacher state is the saved kind's",
+    "optim.epochs": "the schedule counts optimizer steps (steps × epochs × mini_batches); its position would move",
+    "optim.mini_batches": "the schedule counts optimizer steps (steps × epochs × mini_batches); its position would move",
+}
+#: Changes inside a refused prefix that are safe (LoRA dropout is not part of the adapters' shape).
+ALLOWED_INSIDE_REFUSED = ("model.lora.dropout",)
+#: Keys that are not part of what the run computes: where it writes and on which device.
+IGNORED_KEYS = ("out_dir", "device")
+
+
+def note(out: Path | None, message: str) -> None:
+    """One line for the user on stderr, kept in ``out/run.log`` with the time (what actually ran)."""
+    print(message, file=sys.stderr, flush=True)
+    if out is not None and out.is_dir():
+        with open(out / "run.log", "a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+
+# ----------------------------------------------------------------------------- 1. the run directory
+
+
+def existing_run(out: Path) -> list[str]:
+    """The run files in ``out`` (empty: no run there)."""
+    return [name for name in RUN_MARKERS if (out / name).exists()] if out.is_dir() else []
+
+
+def prepare_run_dir(out: Path, resume: bool | str, overwrite: bool) -> None:
+    """Refuse to write into a directory that holds a run unless ``--resume`` or ``--overwrite`` is given."""
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other: --resume continues the run in "
+                        f"{out}, --overwrite deletes it; give one")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"out_dir={out} is a file, not a directory; set out_dir to a directory")
+    found = existing_run(out)
+    if found and not resume and not overwrite:
+        raise UserError(f"out_dir={out} already holds a run ({', '.join(found)}); continue it with --resume, "
+                        f"replace it with --overwrite, or set out_dir=<another directory>")
+
+
+def clear_run(out: Path) -> list[str]:
+    """Remove what a run writes (``RUN_OUTPUTS`` and our temporary files), nothing else: out_dir may be
+    a directory the user keeps other things in (even ``.``). Returns the names removed."""
+    removed = []
+    if not out.is_dir():
+        return removed
+    for entry in out.iterdir():
+        ours = entry.name in RUN_OUTPUTS or (entry.name.startswith(".") and entry.name.endswith(".tmp"))
+        if not ours:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+        removed.append(entry.name)
+    return sorted(removed)
+
+
+# ----------------------------------------------------------------------------- 2. what to resume from
+
+
+def resume_path(out: Path, resume: bool | str) -> Path | None:
+    """The checkpoint file ``--resume`` names: out_dir's ``checkpoint.pt`` (None when there is none
+    yet: the run starts at step 0), or a given run directory's, or a given checkpoint file."""
+    if not resume:
+        return None
+    if resume is True:
+        path = out / "checkpoint.pt"
+        return path if path.is_file() else None
+    path = Path(resume).expanduser()
+    if path.is_dir():
+        if not (path / "checkpoint.pt").is_file():
+            raise UserError(f"--resume {resume}: that directory has no checkpoint.pt")
+        return path / "checkpoint.pt"
+    if not path.is_file():
+        raise UserError(f"--resume {resume}: no such checkpoint file or run directory")
+    return path
+
+
+def load_resume(out: Path, resume: bool | str) -> tuple[Path | None, dict | None]:
+    """``(path, state)`` of the checkpoint to continue from, or ``(None, None)`` to start fresh."""
+    from credit import checkpoint
+
+    path = resume_path(out, resume)
+    if path is None:
+        if resume is True and existing_run(out):
+            note(None, f"--resume: no checkpoint in {out} yet; starting from step 0 (steps logged so far are dropped)")
+        return None, None
+    return path, checkpoint.load_file(path)
+
+
+def read_summary(out: Path) -> dict:
+    """The summary.json of the run being continued ({} when it has none yet)."""
+    path = out / "summary.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno}); move it away to resume") from None
+
+
+def check_not_finished(summary: dict, state: dict | None, steps: int, out: Path) -> None:
+    """A finished run has nothing to resume: say how to train it further instead of re-evaluating it."""
+    if state is not None and state["step"] + 1 >= steps and "eval_after" in summary:
+        raise UserError(f"the run in {out} finished all {steps} steps; to train it further resume with a larger "
+                        f"steps= (e.g. steps={2 * steps}), or start another run with --overwrite")
+
+
+# ----------------------------------------------------------------------------- 3. the config at resume
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``; ``task.options`` stays one value (a task's
+    options are compared as a whole)."""
+    out = {}
+    for key, value in tree.items():
+        dotted = prefix + key
+        if isinstance(value, dict) and dotted != "task.options":
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def config_changes(saved: dict, new: dict) -> list[tuple[str, Any, Any]]:
+    """``(key, saved, new)`` for every key whose value differs; a key only one side knows (a field
+    added or removed by a code update, or model.lora null vs set) appears with ``None`` opposite."""
+    a, b = flatten(saved), flatten(new)
+    keys = sorted(set(a) | set(b))
+    return [(k, a.get(k), b.get(k)) for k in keys
+            if a.get(k) != b.get(k) and not k.startswith(IGNORED_KEYS)]
+
+
+def refusal(key: str) -> str | None:
+    if key in ALLOWED_INSIDE_REFUSED:
+        return None
+    for prefix, why in REFUSED_CHANGES.items():
+        if key == prefix or key.startswith(prefix + "."):
+            return why
+    return None
+
+
+def reconcile(saved: dict | None, new: dict, source: Path) -> list[str]:
+    """Compare the config a checkpoint was trained with to the one given now. Raises a ``UserError``
+    naming every change that cannot apply; returns the applied changes as ``key: old -> new``."""
+    if saved is None:
+        return []
+    changes = config_changes(saved, new)
+    refused = [(k, old, new_, refusal(k)) for k, old, new_ in changes if refusal(k)]
+    if refused:
+        what = "; ".join(f"{k}: {old!r} -> {new_!r} ({why})" for k, old, new_, why in refused)
+        raise UserError(f"--resume {source}: cannot change {what}. Keep the saved value, or start a new run "
+                        "(another out_dir, or --overwrite)")
+    return [f"{k}: {old!r} -> {new_!r}" for k, old, new_ in changes]
+
+
+def saved_config(state: dict, path: Path) -> dict | None:
+    """The config the checkpoint was trained with: the copy inside it, else its run's config.yaml."""
+    if isinstance(state.get("config"), dict):
+        return state["config"]
+    yaml_path = path.parent / "config.yaml"
+    if yaml_path.is_file():
+        import yaml
+
+        return yaml.safe_load(yaml_path.read_text())
+    return None
+
+
+def apply_optimizer_config(optimizer, scheduler, optim_cfg) -> None:
+    """Re-apply lr, betas and weight decay after ``optimizer.load_state_dict`` restored the saved ones,
+    and recompute the current lr from the (new) schedule at the restored position. With an unchanged
+    config this reproduces the saved values bit for bit (LambdaLR computes ``base_lr * factor(pos)``)."""
+    groups = optimizer.param_groups
+    for g in groups:
+        g["initial_lr"] = optim_cfg.lr
+        g["betas"] = tuple(optim_cfg.betas)
+        g["weight_decay"] = optim_cfg.weight_decay
+    if hasattr(scheduler, "lr_lambdas"):
+        scheduler.base_lrs = [optim_cfg.lr] * len(groups)
+        for g, factor in zip(groups, scheduler.lr_lambdas, strict=True):
+            g["lr"] = optim_cfg.lr * factor(scheduler.last_epoch)
+        scheduler._last_lr = [g["lr"] for g in groups]
+
+
+# ----------------------------------------------------------------------------- RNG
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the global generators (LoRA init, dropout); the loop's own draws are seeded per step."""
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+
+
+def rng_state() -> dict:
+    """The global generators' state, saved with a checkpoint so that dropout resumes exactly."""
+    import torch
+
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+
+        state["numpy"] = np.random.get_state()
+    except ImportError:
+        pass
+    return state
+
+
+def set_rng_state(state: dict | None) -> None:
+    import torch
+
+    if not state:
+        return
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy as np
+
+        np.random.set_state(state["numpy"])
+
+
+# ----------------------------------------------------------------------------- 5. logs a crash left
+
+
+def trim_jsonl(path: Path, before_step: int) -> int:
+    """Keep the rows of ``path`` with ``step < before_step`` (what the checkpoint covers). A torn last
+    line (a crash mid-write) is dropped with a warning; a bad line elsewhere is an error naming it.
+    Rewritten atomically. Returns the number of rows dropped."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines()
+    keep, dropped = [], 0
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            step = row["step"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            if lineno == len(lines):
+                note(path.parent, f"warning: {path}:{lineno}: dropped a torn last line (a crash mid-write)")
+                dropped += 1
+                continue
+            raise UserError(f"{path}:{lineno}: not a metrics row ({type(e).__name__}: {e}); remove the line, "
+                            "or start over with --overwrite") from None
+        if step < before_step:
+            keep.append(line)
+        else:
+            dropped += 1
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    os.replace(tmp, path)
+    return dropped
+
+
+# ----------------------------------------------------------------------------- 6. interrupts
+
+
+class Interrupted(Exception):
+    """The run stopped on SIGINT/SIGTERM after saving a checkpoint; the CLI exits 128 + signal."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        if checkpoint is None:
+            super().__init__(f"{name}: interrupted before the first step; nothing to save")
+        else:
+            super().__init__(f"{name}: interrupted at step {step}; checkpoint saved ({checkpoint}); "
+                             "resume with --resume")
+
+
+class Interrupts:
+    """While active, SIGINT and SIGTERM only set ``signum``; the loop stops at its next safe point
+    (after the current step, with a checkpoint). A second SIGINT aborts at once (KeyboardInterrupt),
+    for a user who cannot wait for the step to end. Handlers are restored on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.signum is None:
+            self.signum = signum
+            # os.write, not print: a handler may run in the middle of another write to stderr
+            os.write(2, f"\ncredit train: {signal.Signals(signum).name} received; stopping after this step with "
+                        "a checkpoint (Ctrl-C again aborts without saving)\n".encode())
+
+    def __enter__(self) -> Interrupts:
+        for s in self.SIGNALS:
+            try:
+                self._previous[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread (a notebook worker, a test thread): leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def requested(self, accelerator=None) -> int | None:
+        """The signal to stop on, agreed by every process (one may have caught it before the others)."""
+        if accelerator is None or accelerator.num_processes == 1:
+            return self.signum
+        import torch
+
+        caught = accelerator.gather(torch.tensor([self.signum or 0], device=accelerator.device))
+        return int(caught.max().item()) or None
