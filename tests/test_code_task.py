@@ -133,6 +133,44 @@ def test_humaneval_from_a_path_and_splits():
         task.examples("validation")
 
 
+_FORGE_CALLS = (  # a result line with the run's own nonce, claiming calls the test never makes
+    "import gc, os\n"
+    "run = next(o for o in gc.get_objects() if type(o).__name__ == '_Run')\n"
+    "line = ' {\"values\": [[{\"t\": [1, 2]}, {\"d\": []}, 3], [{\"t\": [0, 0]}, {\"d\": []}, 0]]}'\n"
+    "os.write(1, ('\\n\\x1e__credit_result__ ' + run.nonce + line + '\\n').encode())\n"
+    "os._exit(0)\n"
+)
+
+
+@pytest.mark.parametrize("canonical", [None, "    return a * b\n"], ids=["no-solution", "failing-solution"])
+def test_humaneval_without_a_plan_runs_check_in_the_response_and_replays_it(tmp_path, canonical):
+    """A row with no canonical solution (or one that fails its test) cannot be planned: ``check``
+    runs in the response's process, recording each call, and the replay re-runs it on the recorded
+    values, checking that the arguments were the test's own."""
+    rows = [json.loads(x) for x in HE_SAMPLE.read_text().splitlines()]
+    rows[0].pop("canonical_solution")
+    if canonical is not None:
+        rows[0]["canonical_solution"] = canonical
+    path = tmp_path / "he.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = HumanEvalTask(path=str(path), timeout_s=3.0)
+    ex = next(e for e in _all(task) if e.id == "Sample/0")
+    responses = {
+        "passed": "def add(a, b):\n    return a + b\n",
+        "wrong_answer": "import builtins\nbuiltins.AssertionError = KeyError\ndef add(a, b):\n    return a - b\n",
+        "exited_early": "import sys\nsys.exit(0)\n",
+        "non_plain_result": "class E:\n    def __eq__(s, o): return True\ndef add(a, b):\n    return E()\n",
+    }
+    outs = task.score_batch([ex] * (len(responses) + 1), [fenced(r) for r in responses.values()] + [fenced(_FORGE_CALLS)])
+    task.sandbox.close()
+    assert task._plans["Sample/0"] is None
+    assert [o.info["verdict"] for o in outs[:-1]] == list(responses)
+    assert [o.reward for o in outs] == [1.0, 0.0, 0.0, 0.0, 0.0]
+    assert "assert candidate(1, 2) == 3" in outs[1].feedback
+    # the forged calls pass the test's first assertion (add(1, 2) == 3) but not its arguments check
+    assert outs[-1].info["verdict"] == "wrong_answer" and "other arguments" in outs[-1].feedback
+
+
 @pytest.mark.parametrize(
     ("options", "match"),
     [({"test_fraction": 1.5}, "test_fraction"), ({"timeout_s": 0}, "timeout_s"), ({"seed": "x"}, "seed"),
@@ -238,6 +276,7 @@ def test_bad_responses_score_zero_with_feedback(lcb, response):
     ex = next(e for e in _all(lcb) if e.id == "abc900_a")
     out = lcb.score(ex, response)
     assert out.reward == 0.0 and out.feedback and len(out.feedback) <= MAX_FEEDBACK_CHARS
+    assert (out.info["verdict"] == "format_error") == (out.info["extracted"] is None)  # a block runs, or is named
 
 
 def test_feedback_is_capped(lcb):
