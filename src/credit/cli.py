@@ -10,7 +10,8 @@ import sys
 from credit.errors import one_line
 
 # subcommands that live in their own modules; each has add_parser(subparsers) and run(args)
-SUBCOMMAND_MODULES = ["credit.evaluate", "credit.explain", "credit.pmi", "credit.report", "credit.bench"]
+SUBCOMMAND_MODULES = ["credit.evaluate", "credit.explain", "credit.pmi", "credit.report", "credit.bench",
+                      "credit.sweep"]
 
 
 def _train(args) -> int:
