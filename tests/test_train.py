@@ -181,6 +181,64 @@ def test_credit_on_a_train_split_smaller_than_two_steps_never_contrasts_a_proble
         assert batch.has_contrast.sum() == batch.has_signal.sum()
 
 
+def hand_credit_loss(model, teacher, b, lam: float, mode: str, temperature: float) -> torch.Tensor:
+    """CREDIT's loss written out from unshared forward passes and log_softmax, independent of
+    credit.methods / credit.objectives: token mode −Σ r^λ_t·ℓS_t, logit mode (full vocabulary)
+    −Σ_t Σ_v p_S(v)·sg(log p_T(v|c) − λ·G(v) − (1−λ)·log p_S(v)), token mean over rollouts with a signal."""
+    def log_probs(module, packed):  # position C−1+t predicts response token t
+        c = packed.input_ids.shape[1] - packed.response_len
+        out = module(input_ids=packed.input_ids, attention_mask=packed.attention_mask,
+                     position_ids=packed.position_ids).logits
+        return torch.log_softmax(out[:, c - 1: c - 1 + packed.response_len].float() / temperature, dim=-1)
+
+    student = log_probs(model, b.student)  # (N, R, V) with gradient
+    with torch.no_grad():
+        lt = log_probs(teacher, b.teacher)
+        g = torch.stack([log_probs(teacher, neg) for neg in b.negatives]).mean(0)  # mean over K of log-probs
+    mask = b.student.response_mask * b.has_signal[:, None]
+    if mode == "token":
+        pick = b.student.response_ids[..., None]
+        ls, lt, g = student.gather(-1, pick)[..., 0], lt.gather(-1, pick)[..., 0], g.gather(-1, pick)[..., 0]
+        per_token = -((1 - lam) * (lt - ls.detach()) + lam * (lt - g)) * ls
+    else:
+        advantage = (1 - lam) * (lt - student.detach()) + lam * (lt - g)
+        per_token = -(student.exp() * advantage).sum(-1)
+    return (per_token * mask).sum() / mask.sum()
+
+
+@pytest.mark.parametrize("mode", ["token", "logits"])
+def test_credit_step_at_half_lambda_has_the_hand_derived_loss_and_gradient(tiny_dir, tmp_path, monkeypatch, mode):
+    extra = ["credit.mode=logits", "credit.top_k=null"] if mode == "logits" else []
+    grads = {}
+    for lam in (0.5, 0.0):
+        trainer = make_trainer(tiny_dir, tmp_path, "method=credit", f"credit.lam={lam}", "credit.num_negatives=2",
+                               "optim.grad_clip=null", *extra, monkeypatch=monkeypatch)
+        batch, _, _ = trainer.collect(0)
+        assert torch.equal(batch.has_contrast, batch.has_signal) and batch.has_signal.sum() > 0
+        model = trainer.unwrapped
+        names = [n for n, p in model.named_parameters()]
+        expected = hand_credit_loss(model, trainer.teacher.ref, batch, lam, mode, 1.0)
+        expected_grads = dict(zip(names, torch.autograd.grad(expected, list(model.parameters()))))
+        seen = {}
+        step = trainer.optimizer.step
+
+        def capture(*args, **kwargs):
+            seen.update({n: p.grad.clone() for n, p in model.named_parameters()})
+            return step(*args, **kwargs)
+
+        monkeypatch.setattr(trainer.optimizer, "step", capture)
+        metrics = trainer.update(batch, 0)
+        # float32 forwards in two orders (prefix-shared and chunked vs plain): a relative 1e-4
+        assert metrics["loss/total"] == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
+        scale = max(g.abs().max() for g in expected_grads.values())
+        for n in names:
+            torch.testing.assert_close(seen[n], expected_grads[n], rtol=0, atol=1e-4 * scale)
+        grads[lam] = seen
+    # λ matters: the gradient at λ = 0.5 is not SDPO's
+    diff = max((grads[0.5][n] - grads[0.0][n]).abs().max() for n in grads[0.5])
+    assert diff > 1e-2 * max(g.abs().max() for g in grads[0.5].values())
+
+
 def test_credit_with_lambda_zero_is_sdpo(tiny_dir, tmp_path, monkeypatch):
     results = []
     for method in (["method=sdpo"], ["method=credit", "credit.lam=0.0"]):
