@@ -145,10 +145,10 @@ def test_sigkill_inside_a_checkpoint_write_keeps_the_previous_checkpoint(dropout
     code, err = finish(start(dropout_model_dir, out, "kill-in-checkpoint", 2))  # the write after step 3
     assert code == -signal.SIGKILL, err[-3000:]
     assert steps_run(out) == [0, 1, 2, 3]
+    assert checkpoint.load(out)["step"] == 1  # the previous checkpoint still loads
     leftovers = list((out / "checkpoints").glob(".step-000004.pt.*.tmp"))
     assert leftovers and leftovers[0].stat().st_size > 0, "the kill did not land inside the write"
     assert not (out / "checkpoints" / "step-000004.pt").exists()
-    assert checkpoint.load(out)["step"] == 1  # the previous checkpoint still loads
 
     err, got = resume(dropout_model_dir, out)
     assert got["summary"]["resumed_from_step"] == 2 and got["ran"] == [2, 3]

@@ -86,9 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as e:  # a checkpoint was saved; 128 + the signal, as a shell reports it
         print(f"credit {args.command}: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:  # a second Ctrl-C while the step finished: no checkpoint of this step
-        print(f"credit {args.command}: aborted by a second Ctrl-C; nothing saved since the last checkpoint",
-              file=sys.stderr)
+    except KeyboardInterrupt:  # a second Ctrl-C while the step finished, or one outside the training loop
+        print(f"credit {args.command}: interrupted (Ctrl-C); nothing saved since the last checkpoint", file=sys.stderr)
         return 130
     except (ValueError, ImportError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
             PermissionError) as e:
