@@ -135,3 +135,15 @@ def test_model_argument_takes_a_run_directory_or_a_checkpoint(run_dir, tmp_path,
                  "--max-new-tokens", "4"]) == 0
     assert f"using {partial / 'checkpoint.pt'}" in capsys.readouterr().err
     assert main(["pmi", "--model", str(run_dir), "--rollouts", str(run_dir / "rollouts.jsonl"), "--limit", "2"]) == 0
+
+
+def test_resume_takes_an_optional_path_without_swallowing_the_config(run_dir, tiny_model_dir, tmp_path, capsys):
+    import yaml
+
+    config = tmp_path / "run.yaml"
+    overrides = dict(item.split("=", 1) for item in BASE)
+    config.write_text(yaml.safe_dump({"model": {"name": tiny_model_dir}, "out_dir": str(run_dir), "steps": 1}))
+    # `--resume run.yaml`: the YAML is the config, not a checkpoint; the finished run says how to go on
+    assert main(["train", "--resume", str(config), *(f"{k}={v}" for k, v in overrides.items())]) == 2
+    line = error_line(capsys, "train")
+    assert f"the run in {run_dir} is complete at step 1" in line and "steps=2" in line

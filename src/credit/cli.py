@@ -22,8 +22,10 @@ def _train(args) -> int:
         return 0
     positional = [args.config, *args.overrides] if args.config is not None else list(args.overrides)
     resume = args.resume
-    if isinstance(resume, str) and not os.path.exists(resume) and ("=" in resume or resume.endswith((".yaml", ".yml"))):
-        # `--resume` takes an optional PATH, so argparse gave it the config or an override that followed it
+    # `--resume` takes an optional PATH, so argparse may have given it the config or an override that followed it
+    if isinstance(resume, str) and resume.endswith((".yaml", ".yml")):
+        positional, resume = [resume, *positional], True
+    elif isinstance(resume, str) and "=" in resume and not os.path.exists(resume):
         positional, resume = [*positional, resume], True
     config, overrides = (positional[0], positional[1:]) if positional else (None, [])
     if config is not None and "=" in config and not os.path.exists(config):  # no file, only overrides

@@ -155,9 +155,10 @@ def read_summary(out: Path) -> dict:
 
 def check_not_finished(summary: dict, state: dict | None, steps: int, out: Path) -> None:
     """A finished run has nothing to resume: say how to train it further instead of re-evaluating it."""
-    if state is not None and state["step"] + 1 >= steps and "eval_after" in summary:
-        raise UserError(f"the run in {out} finished all {steps} steps; to train it further resume with a larger "
-                        f"steps= (e.g. steps={2 * steps}), or start another run with --overwrite")
+    done = state["step"] + 1 if state is not None else 0
+    if state is not None and done >= steps and "eval_after" in summary:
+        raise UserError(f"the run in {out} is complete at step {done}; to train it further resume with steps= "
+                        f"above {done} (e.g. steps={2 * done}), or start another run with --overwrite")
 
 
 # ----------------------------------------------------------------------------- 3. the config at resume
