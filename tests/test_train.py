@@ -302,6 +302,14 @@ def test_train_end_to_end_writes_run_directory(tiny_dir, tmp_path):
     assert list((out / "tb").iterdir())
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_two_processes_equal_one(tiny_dir, tmp_path):
     """In float64, so that the all-reduce's different summation order stays far below the tolerance
     (in float32 it reached a 2.2e-5 relative difference on an AVX2-only machine)."""

@@ -7,7 +7,7 @@ import importlib
 import os
 import sys
 
-from credit.errors import one_line
+from credit.errors import SetupError, one_line
 
 # subcommands that live in their own modules; each has add_parser(subparsers) and run(args)
 SUBCOMMAND_MODULES = ["credit.evaluate", "credit.explain", "credit.pmi", "credit.report", "credit.bench",
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"credit {args.command}: interrupted (Ctrl-C); nothing saved since the last checkpoint", file=sys.stderr)
         return 130
     except (ValueError, ImportError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-            PermissionError) as e:
+            PermissionError, SetupError) as e:
         print(f"credit {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
 

@@ -16,6 +16,11 @@ class UserError(ValueError):
     """Bad input from the user (a path, a file's content, an option): reported without a traceback."""
 
 
+class SetupError(RuntimeError):
+    """The machine lacks what a run needs (a download, a sandbox that can contain model code): reported
+    as one line that says what to do, like a ``UserError``; other RuntimeErrors keep their traceback."""
+
+
 def one_line(message: object) -> str:
     """A message as one line: the CLI prints one line per error, whatever an exception carried."""
     return " ".join(str(message).split())
@@ -30,7 +35,7 @@ def cli_entry(func: Callable[..., int]) -> Callable[..., int]:
         try:
             return func(args)
         except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError,
-                PermissionError) as e:
+                PermissionError, SetupError) as e:
             name = getattr(args, "command", None) or func.__module__.rsplit(".", 1)[-1]
             print(f"credit {name}: error: {one_line(e)}", file=sys.stderr)
             return 2

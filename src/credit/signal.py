@@ -54,6 +54,11 @@ def _chunk_rows(num_cols: int, chunk_bytes: int) -> int:
 # ----------------------------------------------------------------------------- token log-probs
 
 
+def _accumulator(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for fp32/bf16/fp16 logits, fp64 for fp64 ones (a float64 check stays float64 end to end)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 class _ChunkedLogSumExp(torch.autograd.Function):
     """``logsumexp(logits / T)`` over the last dim, never materializing an fp32 copy of all logits.
 
@@ -65,9 +70,10 @@ class _ChunkedLogSumExp(torch.autograd.Function):
     def forward(ctx, logits: torch.Tensor, temperature: float, chunk_bytes: int) -> torch.Tensor:
         flat = logits.reshape(-1, logits.shape[-1])  # (M, V)
         rows = _chunk_rows(flat.shape[1], chunk_bytes)
-        lse = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)  # (M,)
+        acc = _accumulator(logits.dtype)
+        lse = torch.empty(flat.shape[0], dtype=acc, device=logits.device)  # (M,)
         for s in range(0, flat.shape[0], rows):
-            lse[s : s + rows] = torch.logsumexp(flat[s : s + rows].float() / temperature, dim=-1)
+            lse[s : s + rows] = torch.logsumexp(flat[s : s + rows].to(acc) / temperature, dim=-1)
         ctx.save_for_backward(logits, lse)
         ctx.temperature, ctx.chunk_bytes = temperature, chunk_bytes
         return lse.view(logits.shape[:-1])
@@ -76,11 +82,11 @@ class _ChunkedLogSumExp(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         logits, lse = ctx.saved_tensors
         flat = logits.reshape(-1, logits.shape[-1])
-        g = grad_out.reshape(-1, 1).float() / ctx.temperature  # (M, 1)
+        g = grad_out.reshape(-1, 1).to(lse.dtype) / ctx.temperature  # (M, 1)
         grad = torch.empty_like(flat)
         rows = _chunk_rows(flat.shape[1], ctx.chunk_bytes)
         for s in range(0, flat.shape[0], rows):
-            softmax = torch.exp(flat[s : s + rows].float() / ctx.temperature - lse[s : s + rows, None])
+            softmax = torch.exp(flat[s : s + rows].to(lse.dtype) / ctx.temperature - lse[s : s + rows, None])
             grad[s : s + rows] = (softmax * g[s : s + rows]).to(grad.dtype)
         return grad.view_as(logits), None, None
 
@@ -106,10 +112,11 @@ class _ChunkedTokenLogprob(torch.autograd.Function):
         flat = logits.reshape(-1, logits.shape[-1])  # (M, V)
         idx = tokens.reshape(-1, 1)  # (M, 1)
         rows = _chunk_rows(flat.shape[1], chunk_bytes)
-        lse = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)  # (M,)
+        acc = _accumulator(logits.dtype)
+        lse = torch.empty(flat.shape[0], dtype=acc, device=logits.device)  # (M,)
         for s in range(0, flat.shape[0], rows):
-            lse[s : s + rows] = torch.logsumexp(flat[s : s + rows].float() / temperature, dim=-1)
-        picked = flat.gather(1, idx).squeeze(1).float() / temperature  # (M,)
+            lse[s : s + rows] = torch.logsumexp(flat[s : s + rows].to(acc) / temperature, dim=-1)
+        picked = flat.gather(1, idx).squeeze(1).to(acc) / temperature  # (M,)
         ctx.save_for_backward(logits, tokens, lse)
         ctx.temperature, ctx.chunk_bytes = temperature, chunk_bytes
         return (picked - lse).view(tokens.shape)
@@ -119,11 +126,11 @@ class _ChunkedTokenLogprob(torch.autograd.Function):
         logits, tokens, lse = ctx.saved_tensors
         flat = logits.reshape(-1, logits.shape[-1])
         idx = tokens.reshape(-1, 1)
-        g = grad_out.reshape(-1, 1).float() / ctx.temperature  # (M, 1)
+        g = grad_out.reshape(-1, 1).to(lse.dtype) / ctx.temperature  # (M, 1)
         grad = torch.empty_like(flat)
         rows = _chunk_rows(flat.shape[1], ctx.chunk_bytes)
         for s in range(0, flat.shape[0], rows):
-            chunk = -torch.exp(flat[s : s + rows].float() / ctx.temperature - lse[s : s + rows, None])
+            chunk = -torch.exp(flat[s : s + rows].to(lse.dtype) / ctx.temperature - lse[s : s + rows, None])
             chunk.scatter_add_(1, idx[s : s + rows], torch.ones_like(chunk[:, :1]))  # onehot − softmax
             grad[s : s + rows] = (chunk * g[s : s + rows]).to(grad.dtype)
         return grad.view_as(logits), None, None, None
@@ -135,7 +142,7 @@ def token_logprobs(
     temperature: float = 1.0,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> torch.Tensor:
-    """``log softmax(logits / T)[tokens]`` in fp32 without a full fp32 log-softmax.
+    """``log softmax(logits / T)[tokens]`` in fp32 (fp64 for fp64 logits) without a full fp32 log-softmax.
 
     logits: (..., V) aligned with tokens (...,), i.e. ``logits[..., t, :]`` predicts ``tokens[..., t]``.
     Returns (...) fp32; differentiable w.r.t. logits. Peak extra memory is one fp32 chunk of

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from credit.errors import SetupError
 from credit.tasks import _io
 from credit.tasks.base import BaseTask, DataError, Example, Outcome
 
@@ -316,7 +317,7 @@ def download_evals_wheel(dest: Path | None = None) -> Path:
     done = subprocess.run(cmd, capture_output=True, text=True)
     wheel = dest / EVALS_WHEEL
     if done.returncode != 0 or not wheel.is_file():
-        raise RuntimeError(f"could not download the evals wheel: {' '.join(cmd)}\n{done.stderr[-1000:]}")
+        raise SetupError(f"could not download the evals wheel: {' '.join(cmd)}\n{done.stderr[-1000:]}")
     return wheel
 
 

@@ -65,6 +65,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from credit.errors import SetupError
+
 STATUSES = ("ok", "error", "timeout", "oom", "killed")
 ALLOW_UNSANDBOXED_ENV = "CREDIT_ALLOW_UNSANDBOXED"
 
@@ -81,7 +83,7 @@ _SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
 _DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 
 
-class SandboxUnavailable(RuntimeError):
+class SandboxUnavailable(SetupError):
     """Model-written code cannot be contained here, and the user did not opt in to run it anyway."""
 
 
