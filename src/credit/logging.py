@@ -87,3 +87,17 @@ def _wandb_run(out: Path, cfg: TrainConfig, resumed: bool):
     if getattr(run, "id", None):
         id_file.write_text(str(run.id))
     return run
+
+
+def rollout_records(tokenizer, step, examples, groups, rollouts, outcomes, contexts, negative_contexts,
+                    negative_groups, count: int) -> list[dict]:
+    """The first ``count`` rollouts of a step as ``rollouts.jsonl`` records: prompt, response ids, reward,
+    feedback, the teacher context it was scored under and its negative prompts (``credit explain`` reads them)."""
+    return [{
+        "step": step, "prompt_messages": examples[groups[i]].messages, "response": rollouts.texts[i],
+        "response_ids": rollouts.response_ids[i], "reward": outcomes[i].reward, "feedback": outcomes[i].feedback,
+        "has_signal": contexts.has_signal[i], "teacher_context_ids": contexts.context_ids[i],
+        "teacher_context": tokenizer.decode(contexts.context_ids[i]), "demo": contexts.privileged[i].demo,
+        "negative_context_ids": negative_contexts[i],
+        "negative_prompts": [examples[j].messages for j in negative_groups[i]],
+    } for i in range(min(count, len(groups)))]

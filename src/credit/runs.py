@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from credit import checkpoint
 from credit.errors import UserError
 
 #: A directory holding any of these holds a run.
@@ -132,8 +133,6 @@ def resume_path(out: Path, resume: bool | str) -> Path | None:
 
 def load_resume(out: Path, resume: bool | str) -> tuple[Path | None, dict | None]:
     """``(path, state)`` of the checkpoint to continue from, or ``(None, None)`` to start fresh."""
-    from credit import checkpoint
-
     path = resume_path(out, resume)
     if path is None:
         if resume is True and existing_run(out):
@@ -376,3 +375,47 @@ class Interrupts:
 
         caught = accelerator.gather(torch.tensor([self.signum or 0], device=accelerator.device))
         return int(caught.max().item()) or None
+
+
+# ----------------------------------------------------------------------------- what a run writes
+
+
+def save_checkpoint(trainer, out: Path, step: int) -> Path:
+    """The full state after ``step`` (and the global RNG, for dropout) as the run's latest checkpoint."""
+    trainer.acc.wait_for_everyone()
+    if trainer.acc.is_main_process:
+        state = trainer.state(step)
+        state["rng"] = rng_state()
+        checkpoint.save(out, state, keep=trainer.cfg.checkpoint_keep)
+    return out / checkpoint.CHECKPOINT
+
+
+def keep_best(trainer, out: Path, summary: dict, result: dict, step: int) -> None:
+    """``checkpoint-best.pt`` when this held-out mean@n beats every earlier one of the run."""
+    key = next((k for k in result if k.startswith("mean@")), None)
+    best = summary.get("best")
+    if key is None or (best is not None and result[key] <= best["value"]):
+        return
+    summary["best"] = {"step": step + 1, "metric": key, "value": result[key], "path": checkpoint.BEST}
+    trainer.acc.wait_for_everyone()
+    if trainer.acc.is_main_process:
+        checkpoint.save_best(out, {"step": step, "model": trainer.unwrapped.state_dict(), "eval": result,
+                                   "config": trainer.cfg.model_dump(mode="json")})
+    write_summary(out, summary, trainer)
+
+
+def save_final(trainer, path: Path) -> None:
+    """``final/``: a Hugging Face folder; with ``model.merge_lora_on_save`` the LoRA adapters are folded
+    into the weights (a plain model that loads without peft) instead of saved alone."""
+    model = trainer.unwrapped
+    if trainer.cfg.model.lora is not None and trainer.cfg.model.merge_lora_on_save:
+        model = model.merge_and_unload()  # the run is over: the student may lose its adapters now
+    model.save_pretrained(path)
+    trainer.tok.save_pretrained(path)
+
+
+def write_summary(out: Path, summary: dict, trainer) -> None:
+    if trainer.acc.is_main_process:
+        tmp = out / ".summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(out / "summary.json")

@@ -12,19 +12,14 @@ Each step, in the order the data flows:
 The loop knows no method: what differs between GRPO, SDPO and CREDIT (and between the token, logit
 and sequence modes) lives in one small class of ``credit.methods``, built once from the config.
 
-Where it departs from the SDPO reference code (on purpose):
-  - the teacher context is truncated in the demo and the feedback, never in the problem statement;
-  - teacher (and negative) forward passes run only for rollouts that have a teacher signal;
-  - every random draw of a step (prompts, sampling, negatives, mini-batch order) is seeded by
-    (seed, step), so a run resumed from a checkpoint continues exactly as the uninterrupted one;
-  - an epoch is floor(|train| / B) steps (the remainder of each shuffled pass is dropped), so a step
-    never holds the same example twice and a negative is never the rollout's own problem.
+Every deliberate departure from the SDPO reference code (context truncation, teacher passes only for
+rollouts with a signal, draws seeded by (seed, step), distinct problems per step) is listed in
+docs/method.md §6.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import time
@@ -34,11 +29,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import reduce
 
-from credit import checkpoint, runs
+from credit import runs
 from credit import objectives as obj
 from credit.config import TrainConfig, dump
 from credit.evaluate import evaluate, headline
+from credit.logging import RunLogger, rollout_records
 from credit.methods import Micro, StepBatch, build_method
+from credit.models import load_model
 from credit.rollout import SamplingConfig, encode_prompts, sample
 from credit.scoring import pack, response_logits, response_logprobs
 from credit.signal import token_logprobs
@@ -63,8 +60,7 @@ def step_prompts(train: list[Example], batch: int, seed: int, step: int) -> list
     if batch > len(train):
         raise ValueError(f"rollout.prompts_per_step={batch} is larger than the train split ({len(train)} "
                          "examples): a step holds distinct examples; lower rollout.prompts_per_step")
-    per_epoch = len(train) // batch
-    epoch, pos = divmod(step, per_epoch)
+    epoch, pos = divmod(step, len(train) // batch)
     order = list(range(len(train)))
     _rng(seed, epoch, "order").shuffle(order)
     return [train[i] for i in order[pos * batch: pos * batch + batch]]
@@ -74,12 +70,10 @@ def step_prompts(train: list[Example], batch: int, seed: int, step: int) -> list
 
 
 class Trainer:
-    """Builds everything from a validated config, then ``run()`` trains; ``run_step`` is one step."""
+    """Everything a step needs, built from a validated config; ``run_step`` is one step, ``train()`` the loop."""
 
     def __init__(self, cfg: TrainConfig, accelerator: Accelerator | None = None, task=None):
         """``task``: a task object to train on instead of ``build_task(cfg.task)`` (benchmarks, notebooks)."""
-        from credit.models import load_model
-
         self.cfg = cfg
         # bf16/fp16 compute under autocast over fp32 master weights: a bf16 parameter would round most
         # lr·update steps away (one bf16 AdamW step at lr 1e-6 changed 2% of the tiny model's weights)
@@ -213,7 +207,10 @@ class Trainer:
         self.method.prepare(batch, self.scorer)
         metrics["perf/teacher_s"] = time.perf_counter() - t3
         metrics["perf/rollout_s"] = t1 - t0
-        records = self._records(step, examples, groups, rollouts, outcomes, contexts, negative_contexts, mine)
+        lc = cfg.log
+        logged = self.acc.is_main_process and lc.rollouts_every and step % lc.rollouts_every == 0
+        records = rollout_records(self.tok, step, examples, groups, rollouts, outcomes, contexts, negative_contexts,
+                                  mine, lc.rollouts_per_step if logged else 0)
         return batch, metrics, records
 
     @property
@@ -291,23 +288,7 @@ class Trainer:
         max_norm = self.cfg.optim.grad_clip or float("inf")
         return float(self.acc.clip_grad_norm_(params, max_norm))
 
-    # ---- 7: logging, checkpoints
-
-    def _records(self, step, examples, groups, rollouts, outcomes, contexts, negative_contexts, negative_groups):
-        lc = self.cfg.log
-        if not lc.rollouts_every or step % lc.rollouts_every or not self.acc.is_main_process:
-            return []
-        out = []
-        for i in range(min(lc.rollouts_per_step, len(groups))):
-            out.append({
-                "step": step, "prompt_messages": examples[groups[i]].messages, "response": rollouts.texts[i],
-                "response_ids": rollouts.response_ids[i], "reward": outcomes[i].reward, "feedback": outcomes[i].feedback,
-                "has_signal": contexts.has_signal[i], "teacher_context_ids": contexts.context_ids[i],
-                "teacher_context": self.tok.decode(contexts.context_ids[i]),
-                "demo": contexts.privileged[i].demo, "negative_context_ids": negative_contexts[i],
-                "negative_prompts": [examples[j].messages for j in negative_groups[i]],
-            })
-        return out
+    # ---- 7: checkpoints
 
     def state(self, step: int) -> dict:
         return {
@@ -338,7 +319,6 @@ class Trainer:
 
 
 def evaluate_model(trainer: Trainer) -> dict:
-
     cfg = trainer.cfg
     return evaluate(trainer.unwrapped, trainer.tok, trainer.task, split="test", n=cfg.eval.samples,
                     temperature=cfg.eval.temperature, max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
@@ -354,8 +334,6 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
     directory that holds a run is refused. What may change at resume, and how Ctrl-C and SIGTERM stop
     a run with a checkpoint, is decided in ``credit.runs``.
     """
-    from credit.logging import RunLogger
-
     # the run directory and the resume config are checked before any model loads
     out = Path(cfg.out_dir)
     runs.prepare_run_dir(out, resume, overwrite)
@@ -390,7 +368,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
         if cfg.eval.before and "eval_before" not in summary:
             summary["eval_before"] = evaluate_model(trainer)
             logger.log(trainer.start_step, {f"eval/{k}": v for k, v in headline(summary["eval_before"]).items()})
-            _write_summary(out, summary, trainer)
+            runs.write_summary(out, summary, trainer)
         if signum := interrupts.requested(trainer.acc):  # nothing trained yet: the loaded checkpoint stands
             logger.close()
             raise runs.Interrupted(signum, trainer.start_step, source)
@@ -399,65 +377,24 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
             if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.steps:
                 result = headline(evaluate_model(trainer))
                 metrics.update({f"eval/{k}": v for k, v in result.items()})
-                _keep_best(trainer, out, summary, result, step)
+                runs.keep_best(trainer, out, summary, result, step)
             logger.log(step, metrics, records)
             signum = interrupts.requested(trainer.acc)  # SIGINT/SIGTERM: stop here, after a whole step
             if signum or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == cfg.steps:
-                saved = _save_checkpoint(trainer, out, step)
+                saved = runs.save_checkpoint(trainer, out, step)
             if signum:
                 summary["train_wall_s"] = summary.get("train_wall_s", 0.0) + time.perf_counter() - t_start
-                _write_summary(out, summary, trainer)
+                runs.write_summary(out, summary, trainer)
                 logger.close()
                 raise runs.Interrupted(signum, step + 1, saved)
     summary["eval_after"] = evaluate_model(trainer)
     logger.log(cfg.steps, {f"eval/{k}": v for k, v in headline(summary["eval_after"]).items()})
     if cfg.eval.every:
-        _keep_best(trainer, out, summary, headline(summary["eval_after"]), cfg.steps - 1)
+        runs.keep_best(trainer, out, summary, headline(summary["eval_after"]), cfg.steps - 1)
     summary["train_wall_s"] = summary.get("train_wall_s", 0.0) + time.perf_counter() - t_start
     summary["skipped_steps"] = trainer.skipped_steps
-    _write_summary(out, summary, trainer)
+    runs.write_summary(out, summary, trainer)
     if main:
-        _save_final(trainer, out / "final")
+        runs.save_final(trainer, out / "final")
     logger.close()
     return summary
-
-
-def _save_checkpoint(trainer: Trainer, out: Path, step: int) -> Path:
-    """The full state after ``step`` (and the global RNG, for dropout) as the run's latest checkpoint."""
-    trainer.acc.wait_for_everyone()
-    if trainer.acc.is_main_process:
-        state = trainer.state(step)
-        state["rng"] = runs.rng_state()
-        checkpoint.save(out, state, keep=trainer.cfg.checkpoint_keep)
-    return out / checkpoint.CHECKPOINT
-
-
-def _keep_best(trainer: Trainer, out: Path, summary: dict, result: dict, step: int) -> None:
-    """``checkpoint-best.pt`` when this held-out mean@n beats every earlier one of the run."""
-    key = next((k for k in result if k.startswith("mean@")), None)
-    best = summary.get("best")
-    if key is None or (best is not None and result[key] <= best["value"]):
-        return
-    summary["best"] = {"step": step + 1, "metric": key, "value": result[key], "path": checkpoint.BEST}
-    trainer.acc.wait_for_everyone()
-    if trainer.acc.is_main_process:
-        checkpoint.save_best(out, {"step": step, "model": trainer.unwrapped.state_dict(), "eval": result,
-                                   "config": trainer.cfg.model_dump(mode="json")})
-    _write_summary(out, summary, trainer)
-
-
-def _save_final(trainer: Trainer, path: Path) -> None:
-    """``final/``: a Hugging Face folder; with ``model.merge_lora_on_save`` the LoRA adapters are folded
-    into the weights (a plain model that loads without peft) instead of saved alone."""
-    model = trainer.unwrapped
-    if trainer.cfg.model.lora is not None and trainer.cfg.model.merge_lora_on_save:
-        model = model.merge_and_unload()  # the run is over: the student may lose its adapters now
-    model.save_pretrained(path)
-    trainer.tok.save_pretrained(path)
-
-
-def _write_summary(out: Path, summary: dict, trainer: Trainer) -> None:
-    if trainer.acc.is_main_process:
-        tmp = out / ".summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(out / "summary.json")
