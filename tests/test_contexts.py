@@ -1,4 +1,4 @@
-"""Teacher contexts (SPEC.md §1.3) with the real SmolLM2 chat template."""
+"""Teacher contexts (docs/method.md §1.3) with the real SmolLM2 chat template."""
 
 from __future__ import annotations
 

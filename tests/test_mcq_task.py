@@ -33,7 +33,7 @@ def test_score_letter_rules():
     o = score_letter("The answer is B", labs, "B")
     assert o.reward == 0.0 and "no <answer>" in o.feedback
     assert score_letter("<answer>B", labs, "B").reward == 0.0  # unclosed tag
-    # missing reasoning: not part of the SPEC's reward, so it costs nothing and is not called an error
+    # missing reasoning: not part of the reward (docs/method.md §2), so it costs nothing and is not called an error
     o = score_letter("<answer>B</answer>", labs, "B")
     assert (o.reward, o.feedback, o.info) == (1.0, "", {"extracted": "B", "has_reasoning": False})
     assert score_letter("<answer>C</answer>", labs, "B").feedback == ""

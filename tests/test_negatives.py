@@ -1,4 +1,4 @@
-"""Negative prompt sampling and negative contexts (SPEC.md §1, "Negative contexts")."""
+"""Negative prompt sampling and negative contexts (docs/method.md §1.6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The sandbox against a hostile corpus (SPEC.md §2), judged from outside: the test measures the wall
+"""The sandbox against a hostile corpus (docs/method.md §2), judged from outside: the test measures the wall
 time itself, scans /proc for survivors after every program, and checks the files outside (written,
 removed and read) itself. Nothing here trusts the sandbox's own report.
 

@@ -1,4 +1,4 @@
-"""The identities of SPEC.md §1.1 and the signal helpers, pinned with tensors and a tiny transformer."""
+"""The identities of docs/method.md §1.1 and the signal helpers, pinned with tensors and a tiny transformer."""
 
 import math
 

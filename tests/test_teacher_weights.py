@@ -1,4 +1,4 @@
-"""The teacher's weights (teacher/weights.py, SPEC.md §1.4) on tiny models: each kind against its
+"""The teacher's weights (teacher/weights.py, docs/method.md §1.4) on tiny models: each kind against its
 formula, computed independently; the LoRA adapter swap leaves the student untouched; state dicts
 restore the teacher exactly.
 

@@ -1,4 +1,4 @@
-"""``credit bench``: where one training step's time goes, and what CREDIT costs over SDPO (SPEC.md §5).
+"""``credit bench``: where one training step's time goes, and what CREDIT costs over SDPO (docs/method.md §5).
 
 One process, one model, one ``Trainer``; a fixed synthetic batch (B prompts × G rollouts, prompts of
 about ``prompt_len`` tokens, responses forced to exactly ``response_len`` tokens by suppressing eos),

@@ -106,7 +106,7 @@ class OptimConfig(_Section):
     share_prefix: bool = Field(True, description="Run identical contexts once per micro-batch and share their KV cache "
                                "(the same function, with gradients; off for models without a transformers DynamicCache).")
     loss_aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = Field(
-        "token-mean", description="The one reduction of per-token losses (SPEC §1.2).")
+        "token-mean", description="The one reduction of per-token losses (docs/method.md §1.8).")
     eps_low: float = Field(0.2, ge=0, description="PPO clip ε_low (off-policy updates).")
     eps_high: float = Field(0.28, ge=0, description="PPO clip ε_high (off-policy updates).")
     is_clip: float = Field(2.0, gt=0, description="Cap of the distillation importance weight min(exp(ℓS−ℓold), c).")

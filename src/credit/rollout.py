@@ -124,7 +124,7 @@ class Rollouts:
         return packed.to(device) if device is not None else packed
 
     def metrics(self) -> dict[str, float]:
-        """``rollout/*`` and ``perf/*`` metrics (SPEC.md §1.5)."""
+        """``rollout/*`` and ``perf/*`` metrics (docs/method.md §1.5)."""
         lengths = [len(y) for y in self.response_ids]
         n = max(len(lengths), 1)
         return {

@@ -1,4 +1,4 @@
-"""The credit-assignment signal: pure functions over tensors (SPEC.md §1).
+"""The credit-assignment signal: pure functions over tensors (docs/method.md §1).
 
 Shapes: ``N`` samples (B prompts × G rollouts, grouped contiguously), ``T`` response tokens,
 ``K`` negative contexts, ``V`` vocabulary. All log-probs are fp32, taken at the sampling temperature
@@ -199,7 +199,7 @@ def delta_v(teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Ten
 def generic_part(negative_logp: torch.Tensor, aggregator: str = "mean") -> torch.Tensor:
     """G_t, the input-generic part: (N, K, T) negatives' teacher log-probs -> (N, T).
 
-    ``mean``: mean_k ℓN^k_t (SPEC default). ``logmeanexp``: log mean_k exp(ℓN^k_t), the log of the
+    ``mean``: mean_k ℓN^k_t (the default). ``logmeanexp``: log mean_k exp(ℓN^k_t), the log of the
     teacher's average probability under the swapped inputs (a marginal over inputs).
     """
     if negative_logp.dim() != 3 or negative_logp.shape[1] == 0:

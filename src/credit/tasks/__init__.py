@@ -1,4 +1,4 @@
-"""Task families with verifiable outcomes and rich feedback (SPEC.md §2).
+"""Task families with verifiable outcomes and rich feedback (docs/method.md §2).
 
 ``build_task(name, **options)`` is the single entry point; ``TASKS`` maps each name to its class,
 imported only when used so that a family's optional data never slows the others. A name that is not

@@ -1,7 +1,7 @@
 """Shared helpers for the task loaders and scorers: line-numbered JSON reading, field checks,
 seeded disjoint splits and the guard every scorer runs on a response first.
 
-Every reading error becomes a ``DataError(path, line, field, problem)`` (SPEC.md §2): a bad row is
+Every reading error becomes a ``DataError(path, line, field, problem)`` (docs/method.md §2): a bad row is
 never skipped silently and never surfaces as a stack trace.
 """
 

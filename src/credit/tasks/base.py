@@ -1,7 +1,7 @@
 """The task interface: examples in, a response becomes an ``Outcome(reward, feedback, info)``.
 
 Every loader reads a benchmark's published format and rejects a bad row with a ``DataError`` that
-names the file, the line and the field (SPEC.md §2).
+names the file, the line and the field (docs/method.md §2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Code tasks: HumanEval and LiveCodeBench, scored by running the tests in the sandbox (SPEC.md §2).
+"""Code tasks: HumanEval and LiveCodeBench, scored by running the tests in the sandbox (docs/method.md §2).
 
 - Reward 1 iff every test passes; ``info["fraction_passed"]`` holds the fraction.
 - Feedback (≤ 2000 characters, "" exactly when the reward is 1), in order of priority: the first
@@ -292,7 +292,7 @@ def _case_input_text(case: TestCase) -> str:
 
 
 def _headline(verdicts: Sequence[_Verdict]) -> _Verdict | None:
-    """The failed case the feedback describes (SPEC.md §2 order): the first error of the program,
+    """The failed case the feedback describes (docs/method.md §2 order): the first error of the program,
     else the first time limit, else the first wrong answer; ``None`` when every case passed."""
     failed = [v for v in verdicts if not v.passed]
     for kinds in (_ERROR_KINDS, ("timeout",), ("wrong_answer",), ("skipped",)):
@@ -303,7 +303,7 @@ def _headline(verdicts: Sequence[_Verdict]) -> _Verdict | None:
 
 
 def feedback_for(verdicts: Sequence[_Verdict], timeout_s: float) -> str:
-    """SPEC.md §2 code feedback from per-test verdicts ("" when all passed)."""
+    """docs/method.md §2 code feedback from per-test verdicts ("" when all passed)."""
     head = _headline(verdicts)
     if head is None:
         return ""

@@ -1,5 +1,5 @@
 """Math tasks: the quickstart addition task, reasoning-gym generators scored by their own scorers,
-and GSM-style question/answer files (SPEC.md §2, "math" row).
+and GSM-style question/answer files (docs/method.md §2, "math" row).
 
 Answer format. Every scorer here reads ONE answer, the response's final one, so a list of candidates
 is worth exactly what its last member is worth. Addition asks for "just the number" and reads the
@@ -203,7 +203,7 @@ class ReasoningGymTask(BaseTask):
     ``size`` items are generated with ``seed``; distinct questions are split into ``n_test``
     held-out and the rest training (see ``_io.split_items``). Extra keyword options (``**config``,
     e.g. ``min_terms=2``) go to ``reasoning_gym.create_dataset`` as the generator's configuration.
-    Reward is 1.0 iff the scorer's value is >= ``threshold`` (SPEC: "scorer >= 1"); the raw score is in
+    Reward is 1.0 iff the scorer's value is >= ``threshold`` (docs/method.md §2: "≥ 1"); the raw score is in
     ``info["score"]``. The answer is the last ``<answer>`` tag; with ``require_tags=False`` a
     response without tags is scored whole (stripped).
     """

@@ -1,10 +1,10 @@
-"""Science multiple-choice tasks (SPEC.md §2, "science MCQ" row).
+"""Science multiple-choice tasks (docs/method.md §2, "science MCQ" row).
 
 One prompt form for every source: a system prompt asking for ``<reasoning>…</reasoning>`` then
 ``<answer>X</answer>``, and a user message with the question and lettered options. Reward is 1.0 iff
 the LAST complete ``<answer>`` tag holds exactly the correct letter (surrounding whitespace ignored;
 "b", "(B)", "B. text" or "A B C D" are format errors, reported as such; letters in earlier tags or in
-the reasoning count for nothing). The ``<reasoning>`` block is asked for but, as in SPEC §2, not part
+the reasoning count for nothing). The ``<reasoning>`` block is asked for but, as in docs/method.md §2, not part
 of the reward: a response without it is scored on its letter and is not told it made an error.
 ``strict_format=True`` makes the block part of the reward (missing ⇒ 0 with a format error).
 Feedback is format errors only, so the teacher never sees the answer, unless ``answer_feedback=True``;
@@ -67,7 +67,7 @@ def render_question(item: MCItem) -> str:
 
 def score_letter(response: Any, labels: tuple[str, ...], answer: str, *, strict_format: bool = False,
                  answer_feedback: bool = False, max_chars: int = _io.MAX_RESPONSE_CHARS) -> Outcome:
-    """The shared MC scorer: exact letter in the last ``<answer>`` tag (SPEC §2).
+    """The shared MC scorer: exact letter in the last ``<answer>`` tag (docs/method.md §2).
 
     The ``<reasoning>`` block the prompt asks for is not part of that rule, so by default its absence
     costs nothing and is not called an error: a reward of 1 comes with no feedback, and a wrong letter

@@ -1,4 +1,4 @@
-"""Run untrusted, model-written Python in a separate, limited process (SPEC.md §2).
+"""Run untrusted, model-written Python in a separate, limited process (docs/method.md §2).
 
 Code execution is hostile by assumption. Each run gets, in this order of defence:
 

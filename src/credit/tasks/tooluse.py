@@ -1,4 +1,4 @@
-"""Tool-use tasks: ToolAlpaca instances and BFCL rows (SPEC.md §2, "tool use" row).
+"""Tool-use tasks: ToolAlpaca instances and BFCL rows (docs/method.md §2, "tool use" row).
 
 A response is parsed into a list of calls ``(name, arguments)`` from any of these forms:
 - ReAct blocks: ``Action: name`` then ``Action Input: {json object}`` (ToolAlpaca's format);
@@ -10,7 +10,7 @@ blocks, all ``<tool_call>`` blocks, every JSON value in every fence ("[call] no,
 is two calls), and an argument object holding a second JSON value is a format error; so a response
 cannot hedge with an early right answer followed by another, nor flood with calls (the count differs).
 
-Reward is 1.0 iff the multiset of calls matches the reference (order ignored, SPEC "the set of
+Reward is 1.0 iff the multiset of calls matches the reference (order ignored, docs/method.md §2 "the multiset of
 calls and their JSON arguments"). Feedback names format errors always; which call or argument
 differs only with ``call_feedback=True`` (off by default: it leaks the answer).
 

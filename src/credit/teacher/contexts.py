@@ -1,6 +1,6 @@
 """Teacher contexts: the token ids the teacher is scored on, ``c = template(x, demo, feedback)``.
 
-SPEC.md §1.3, following the SDPO reference code (``ray_trainer.py`` reprompting) with these departures:
+docs/method.md §1.3, following the SDPO reference code (``ray_trainer.py`` reprompting) with these departures:
 
 - **Truncation protects the question.** SDPO cuts the rendered context from the right (losing the
   closing instruction and the assistant header), TRL from the left (losing the system prompt and the
@@ -227,7 +227,7 @@ def build_teacher_contexts(
     templates: Templates = Templates(),
     chat_template_kwargs: Mapping[str, Any] | None = None,
 ) -> TeacherContexts:
-    """Build the teacher context of every sample (SPEC.md §1.3).
+    """Build the teacher context of every sample (docs/method.md §1.3).
 
     ``examples`` has one entry per prompt (B); ``groups[n]`` is the prompt index of sample ``n``;
     ``responses[n]`` is its decoded text (special tokens skipped) and ``outcomes[n]`` its score.

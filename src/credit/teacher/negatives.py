@@ -1,6 +1,6 @@
 """Negative contexts ``c^(k)``: the same response and privileged ``z``, another prompt's input ``x_j``.
 
-SPEC.md §1: ``G_t = mean_k log π_T(y_t | c^(k), y_<t)`` is the input-generic part of the teacher
+docs/method.md §1: ``G_t = mean_k log π_T(y_t | c^(k), y_<t)`` is the input-generic part of the teacher
 log-prob. A negative's prompt ``j`` always comes from ANOTHER prompt group of the batch and another *problem*
 (``problem_keys``: a different id and a different prompt); a sample that cannot get K such negatives
 has no contrast (``[]``), never a contrast with its own problem.

@@ -1,4 +1,4 @@
-"""The teacher's weights θ_T (SPEC.md §1.4): the same network as the student, never trained.
+"""The teacher's weights θ_T (docs/method.md §1.4): the same network as the student, never trained.
 
 - ``ema``: θ_T ← (1−r)·θ_T + r·θ after each training step (r = 0 is ``frozen``).
 - ``frozen``: the initial weights.
