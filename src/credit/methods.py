@@ -42,6 +42,7 @@ class StepBatch:
     has_signal: torch.Tensor  # (N,) 1.0 where the teacher context has a demo or feedback
     has_contrast: torch.Tensor  # (N,) 1.0 where the rollout has K negatives of other problems
     group_size: int  # G: rollouts of one prompt are contiguous rows
+    dtype: torch.dtype = torch.float32  # of every log-prob below (float64 for a float64 model)
     old_logp: torch.Tensor | None = None  # (N, R) ℓold: off-policy updates, or a score that needs ℓS
     teacher_logp: torch.Tensor | None = None  # (N, R) ℓT on rows with a signal
     generic_logp: torch.Tensor | None = None  # (N, R) G on rows with a contrast
@@ -137,7 +138,7 @@ class _Distill:
     def _score_tokens(self, b: StepBatch, scorer: Scorer) -> None:
         """ℓT on rows with a signal and G on rows with a contrast, one batched pass: (N, R) each."""
         n, r = b.student.response_ids.shape
-        b.teacher_logp = torch.zeros(n, r, device=b.rewards.device)
+        b.teacher_logp = torch.zeros(n, r, dtype=b.dtype, device=b.rewards.device)
         active = b.has_signal.nonzero().squeeze(-1)
         if self.num_negatives:
             b.generic_logp = torch.zeros_like(b.teacher_logp)
@@ -232,7 +233,7 @@ class LogitCredit(_Distill):
 
     def prepare(self, b: StepBatch, scorer: Scorer) -> None:
         n, r = b.student.response_ids.shape
-        b.teacher_logp = torch.zeros(n, r, device=b.rewards.device)
+        b.teacher_logp = torch.zeros(n, r, dtype=b.dtype, device=b.rewards.device)
         b.generic_logp = torch.zeros_like(b.teacher_logp) if self.num_negatives else None
 
     def _support(self, logits: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:

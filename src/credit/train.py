@@ -183,9 +183,8 @@ class Trainer:
                                            max_context_tokens=t.max_context_tokens, chat_template_kwargs=chat)
             negative_contexts = negs.context_ids
             metrics.update(negs.metrics())
-        r_len = max(len(y) for y in rollouts.response_ids)
-        responses = rollouts.response_ids
-        device = self.acc.device
+        responses, device = rollouts.response_ids, self.acc.device
+        r_len = max(len(y) for y in responses)
         batch = StepBatch(
             student=pack(rollouts.prompt_ids, responses, self.pad_id, r_len).to(device),
             teacher=pack(contexts.context_ids, responses, self.pad_id, r_len).to(device),
@@ -195,6 +194,7 @@ class Trainer:
             has_signal=torch.tensor(contexts.has_signal, dtype=torch.float32, device=device),
             has_contrast=torch.tensor([len(n) == k > 0 for n in negative_contexts], dtype=torch.float32, device=device),
             group_size=cfg.rollout.samples_per_prompt,
+            dtype=torch.float64 if cfg.model.dtype == "float64" else torch.float32,
         )
         metrics["perf/context_s"] = time.perf_counter() - t2
 
@@ -223,7 +223,7 @@ class Trainer:
         cfg, o = self.cfg, self.cfg.optim
         n = batch.rewards.shape[0]
         world = self.acc.num_processes
-        batch.student_logp = torch.zeros_like(batch.student.response_mask)
+        batch.student_logp = torch.zeros_like(batch.student.response_mask, dtype=batch.dtype)
         sums = {"loss": 0.0, "clip": 0.0, "tokens": 0.0}
         finite_steps, grad_norm = 0, 0.0
         gen = _torch_gen(cfg.seed, step, "minibatch")
