@@ -293,9 +293,17 @@ def test_train_end_to_end_writes_run_directory(tiny_dir, tmp_path):
     assert proc.returncode == 0, log
     assert "held-out mean@2" in log
     summary = json.loads((out / "summary.json").read_text())
-    assert 0 <= summary["eval_before"]["mean@2"] <= 1 and 0 <= summary["eval_after"]["mean@2"] <= 1
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "task/reward_mean" in r] == [0, 1, 2]
+    logged = [r["eval/mean@2"] for r in rows if "eval/mean@2" in r]
+    from credit.tasks import build_task
+
+    held_out = [e.id for e in build_task("addition", answer_feedback=True).examples("test")[:4]]
+    for when, index in (("eval_before", 0), ("eval_after", -1)):
+        ev = summary[when]  # the headline is the mean of its items' rewards, on the held-out items, and is logged
+        assert ev["scorer"] == "strict" and [it["id"] for it in ev["items"]] == held_out
+        assert ev["mean@2"] == pytest.approx(sum(sum(it["rewards"]) / 2 for it in ev["items"]) / 4)
+        assert logged[index] == ev["mean@2"]
     records = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
     assert records and all("teacher_context" in r and r["response_ids"] for r in records)
     assert (out / "checkpoint.pt").exists() and (out / "final" / "config.json").exists()
