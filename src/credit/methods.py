@@ -196,12 +196,12 @@ class SequenceCredit(_Distill):
     """Sequence mode: score Σ_t r^λ_t (or its mean), normalized within the prompt group over the rollouts
     that have a teacher signal only, broadcast to every token (λ = 0: SDPO's sequence pMI Σ ΔV)."""
 
+    needs_student_logp = True  # r^λ holds (1−λ)·ℓS, and a rollout without a contrast falls back to ΔV
+
     def __init__(self, lam: float, k: int, aggregator: str, is_clip: float, *, length_normalize: bool = False,
                  scale_std: bool = True):
         super().__init__(lam, k, aggregator, is_clip)
         self.length_normalize, self.scale_std = length_normalize, scale_std
-
-    needs_student_logp = True  # r^λ holds (1−λ)·ℓS, and a rollout without a contrast falls back to ΔV
 
     def prepare(self, b: StepBatch, scorer: Scorer) -> None:
         self._score_tokens(b, scorer)
@@ -250,7 +250,7 @@ class LogitCredit(_Distill):
         del t_logits
         if self.num_negatives:
             negs, neg_token = [], []
-            for neg in b.negatives:
+            for neg in b.negatives[: self.num_negatives]:
                 z = scorer.teacher_logits(neg.rows(m.rows), "negatives")
                 negs.append(self._support(z, index))
                 neg_token.append(signal.token_logprobs(z, b.student.response_ids[m.rows], self.temperature))
