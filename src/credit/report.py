@@ -123,18 +123,19 @@ def load_run(path: str | Path) -> Run:
     return Run(path, config, rows)
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_config(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``."""
     out = {}
     for k, v in d.items():
         if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten_config(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
 
 
 def _config_key(run: Run) -> str:
-    flat = {k: v for k, v in _flatten(run.config).items() if k != "seed" and not k.endswith("output_dir")
+    flat = {k: v for k, v in flatten_config(run.config).items() if k != "seed" and not k.endswith("output_dir")
             and k not in ("run_dir", "output", "out_dir", "name")}
     return json.dumps(flat, sort_keys=True, default=str)
 

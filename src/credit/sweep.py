@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from credit.errors import UserError, cli_entry, one_line
+from credit.report import flatten_config
 
 #: The command a run is started with; tests inject a fake one.
 TRAIN_COMMAND: tuple[str, ...] = (sys.executable, "-m", "credit.cli", "train")
@@ -182,16 +183,6 @@ def expand(study: Study) -> list[RunSpec]:
             for seed in study.seeds for cell, overrides in study.cells.items()]
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def check_configs(study: Study, specs: Sequence[RunSpec]) -> None:
     """Validate every run's config before anything starts, and refuse a run directory whose
     ``config.yaml`` disagrees with its cell (keys missing from an older file are not compared)."""
@@ -210,10 +201,10 @@ def check_configs(study: Study, specs: Sequence[RunSpec]) -> None:
         if not existing.is_file():
             continue
         try:
-            old = _flatten(yaml.safe_load(existing.read_text(encoding="utf-8")) or {})
+            old = flatten_config(yaml.safe_load(existing.read_text(encoding="utf-8")) or {})
         except yaml.YAMLError as e:
             raise UserError(f"{existing}: not valid YAML ({one_line(e)})") from None
-        new = _flatten(json.loads(json.dumps(cfg.model_dump(mode="json"))))
+        new = flatten_config(json.loads(json.dumps(cfg.model_dump(mode="json"))))
         differ = [k for k in sorted(new) if k in old and old[k] != new[k]]
         if differ:
             shown = ", ".join(f"{k}: {old[k]!r} in the run, {new[k]!r} now" for k in differ[:3])
