@@ -299,3 +299,19 @@ def test_real_sweep_on_the_tiny_model(study_dir, tiny_model_dir):
     assert rec["metric"] == "mean@2" and 0 <= rec["after"] <= 1
     assert rec["best_step"] in (1, 2) and rec["steps_logged"] == 2
     assert (study_dir / "t" / "report" / "report.html").exists()
+
+
+def test_cells_and_seeds_start_only_the_selected_runs(study_dir, capsys):
+    path = write_study(study_dir / "s.yaml", seeds=[0, 1, 2])
+    plan(study_dir, {"a/seed0": {"after": 0.5}})
+    run(path, [], cells=["a"], seeds=[0])
+    assert [c["key"] for c in calls(study_dir)] == ["a/seed0"]
+    assert cli_main(["sweep", str(path), "--cells", "b", "--seeds", "1,2", "--no-report"]) == 0
+    started = sorted(c["key"] for c in calls(study_dir))
+    assert started == ["a/seed0", "b/seed1", "b/seed2"]
+    agg = json.loads((study_dir / "t" / "aggregate.json").read_text())
+    assert [r["status"] for r in agg["runs"]] == ["skipped", "not run", "not run", "ran", "not run", "ran"]
+    with pytest.raises(UserError, match="--cells c: .* has no such cell"):
+        run(path, [], cells=["c"])
+    with pytest.raises(UserError, match="--seeds 7: .* runs seeds 0, 1, 2"):
+        run(path, [], seeds=[7])

@@ -20,7 +20,8 @@ down by an order of magnitude), its stdout and stderr appended to ``train.log`` 
 ``--resume`` is always passed: it continues an interrupted run from its checkpoint and starts a new
 (or checkpoint-less) one from scratch. A run whose ``summary.json`` holds ``eval_after`` is finished
 and skipped, so rerunning the same command continues a study. Runs are ordered seed-major (every
-cell's seed 0 first), so a study stopped half-way already pairs cells on the seeds it finished.
+cell's seed 0 first), so a study stopped half-way already pairs cells on the seeds it finished;
+``--cells A,B`` and ``--seeds 1,2`` start only those runs (the aggregate still reads all finished ones).
 
 Before anything starts every run's config is validated, and a run directory whose ``config.yaml``
 disagrees with what its cell now asks for is an error: a study never mixes two settings in one cell.
@@ -366,11 +367,25 @@ def _run_one(spec: RunSpec, argv: list[str]) -> tuple[int | None, float]:
         lock.release()
 
 
+def select(study: Study, specs: Sequence[RunSpec], cells: Sequence[str] | None = None,
+           seeds: Sequence[int] | None = None) -> list[RunSpec]:
+    """The runs of ``specs`` in ``cells`` and ``seeds`` (None: all), in the study's order."""
+    for name in cells or ():
+        if name not in study.cells:
+            raise UserError(f"--cells {name}: {study.path} has no such cell (cells: {', '.join(study.cells)})")
+    for seed in seeds or ():
+        if seed not in study.seeds:
+            raise UserError(f"--seeds {seed}: {study.path} runs seeds {', '.join(map(str, study.seeds))}")
+    return [s for s in specs if (cells is None or s.cell in cells) and (seeds is None or s.seed in seeds)]
+
+
 def run_sweep(study: Study, *, jobs: int = 2, dry_run: bool = False, start: bool = True,
+              cells: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
               train_cmd: Sequence[str] | None = None, report: bool = True,
               echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every unfinished run of ``study``, ``jobs`` at a time; write and return the aggregate.
 
+    ``cells`` / ``seeds`` start only those runs (the aggregate still reads every finished run).
     ``dry_run`` prints the commands (and which runs are finished) and starts nothing. ``start=False``
     writes the aggregate of the runs finished so far and starts nothing (e.g. while another sweep
     runs). ``train_cmd`` replaces ``credit train`` (default ``TRAIN_COMMAND``, read at call time so
@@ -381,27 +396,29 @@ def run_sweep(study: Study, *, jobs: int = 2, dry_run: bool = False, start: bool
         raise UserError(f"--jobs {jobs}: give at least 1")
     specs = expand(study)
     check_configs(study, specs)
-    todo = [s for s in specs if not is_finished(s.out_dir)]
+    todo = [s for s in select(study, specs, cells, seeds) if not is_finished(s.out_dir)]
     env_prefix = " ".join(f"{k}={v}" for k, v in RUN_ENV.items())
     if dry_run:
         for s in specs:
-            if s in todo:
+            if is_finished(s.out_dir) or s not in todo:
+                state = "finished" if is_finished(s.out_dir) else "not selected"
+                echo(f"# {state}, skipped: {s.label} ({s.out_dir})")
+            else:
                 resumed = " # resumes" if s.out_dir.exists() else ""
                 echo(f"{env_prefix} {shlex.join(command(s, study.base, train_cmd))} > {s.out_dir / LOG_NAME} 2>&1{resumed}")
-            else:
-                echo(f"# finished, skipped: {s.label} ({s.out_dir})")
         echo(f"# {len(todo)} of {len(specs)} runs to do, {jobs} at a time")
         return {}
 
     records: dict[RunSpec, dict] = {}
+    finished = [s for s in specs if is_finished(s.out_dir)]
     for s in specs:
-        if s not in todo:
+        if s in finished:
             records[s] = {**run_record(s), "status": "skipped"}
             echo(run_line(records[s]))
-    if not start:
-        for s in todo:
+        elif s not in todo or not start:
             records[s] = {**run_record(s), "status": "not run"}
-        echo(f"{study.name}: {len(specs) - len(todo)} of {len(specs)} runs finished; started nothing")
+    if not start:
+        echo(f"{study.name}: {len(finished)} of {len(specs)} runs finished; started nothing")
         todo = []
     else:
         echo(f"{study.name}: {len(todo)} of {len(specs)} runs to do, {jobs} at a time (logs: <run dir>/{LOG_NAME})")
@@ -530,12 +547,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aggregate-only", action="store_true",
                    help="start nothing: write the aggregate (and report) of the runs finished so far")
     p.add_argument("--no-report", action="store_true", help="write aggregate.json only, no report page")
+    p.add_argument("--cells", type=_names, metavar="A,B", help="start only these cells (default: all)")
+    p.add_argument("--seeds", type=_seeds, metavar="0,1", help="start only these seeds (default: all)")
     p.set_defaults(func=run, command="sweep")
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give seeds as integers, e.g. 1,2") from None
 
 
 @cli_entry
 def run(args) -> int:
     agg = run_sweep(load_study(args.study), jobs=args.jobs, dry_run=args.dry_run, start=not args.aggregate_only,
-                    report=not args.no_report)
+                    cells=args.cells, seeds=args.seeds, report=not args.no_report)
     failed = [r for r in agg.get("runs", []) if r["status"] in ("failed", "incomplete")]
     return 1 if failed else 0
