@@ -172,3 +172,71 @@ def test_shared_prefill_gives_the_same_samples(tiny_model_and_tokenizer, prompts
     a = sample(model, tok, prompts, num_samples=3, max_new_tokens=6, share_prefill=True, **kw)
     b = sample(model, tok, prompts, num_samples=3, max_new_tokens=6, share_prefill=False, **kw)
     assert a.response_ids == b.response_ids
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+def _early_ending(model):
+    """Half the vocabulary ends a response: lengths vary from 1 to max_new_tokens."""
+    model.generation_config.eos_token_id = list(range(0, model.config.vocab_size, 2))
+    return model
+
+
+@pytest.mark.parametrize("backend", ["loop", "static"])
+@pytest.mark.parametrize("share_prefill", [True, False])
+def test_backends_decode_greedily_like_generate(fresh_tiny_model, tiny_tokenizer, prompts, backend, share_prefill):
+    model, tok = fresh_tiny_model, tiny_tokenizer
+    with torch.no_grad():  # sharper weights: the random model's greedy path no longer repeats one token
+        for param in model.parameters():
+            param.mul_(4)
+    kw = dict(num_samples=2, max_new_tokens=6, temperature=0, share_prefill=share_prefill)
+    ref = sample(model, tok, prompts, **kw)
+    assert sample(model, tok, prompts, backend=backend, **kw).response_ids == ref.response_ids
+    # prompt 0's rows end early, prompt 1's run on: the loop drops rows from its batch and cache
+    first, other = ref.response_ids[0], ref.response_ids[2]
+    k = next(k for k in range(1, 5) if first[k] not in first[:k] and first[k] not in other)
+    model.generation_config.eos_token_id = first[k]
+    ref = sample(model, tok, prompts, **kw)
+    assert [len(y) for y in ref.response_ids] == [k + 1, k + 1, 6, 6]
+    out = sample(model, tok, prompts, backend=backend, **kw)
+    assert out.response_ids == ref.response_ids and out.truncated == ref.truncated
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(top_p=0.9), dict(top_k=5, temperature=0.7)])
+def test_loop_draws_the_tokens_generate_draws_while_no_row_ended(tiny_model_and_tokenizer, prompts, kw):
+    # min_new_tokens = max_new_tokens: no row ends early, so the loop's batch never shrinks and its
+    # one multinomial draw per step must be generate's draw: the same processors, in the same order
+    model, tok = tiny_model_and_tokenizer
+    cfg = SamplingConfig(num_samples=3, max_new_tokens=6, min_new_tokens=6, seed=11, **kw)
+    ref = sample(model, tok, prompts, cfg)
+    out = sample(model, tok, prompts, cfg, backend="loop")
+    assert out.response_ids == ref.response_ids
+    assert len({tuple(y) for y in ref.response_ids}) > 1
+
+
+def test_loop_samples_the_distribution_generate_samples(fresh_tiny_model, tiny_tokenizer, prompts):
+    # once rows end, the loop's draws are other draws from the same distribution: compare the length
+    # distribution and the model's log-prob of the sampled tokens over 512 samples per backend
+    from credit.scoring import response_logprobs
+
+    model, tok = _early_ending(fresh_tiny_model), tiny_tokenizer
+    cfg = SamplingConfig(num_samples=256, max_new_tokens=5, seed=5, micro_batch_size=128)
+    stats = {}
+    for backend in ("generate", "loop"):
+        out = sample(model, tok, prompts, cfg, backend=backend)
+        packed = out.pack(tok.pad_token_id)
+        with torch.no_grad():
+            logp = response_logprobs(model, packed)  # (N, R)
+        per_sample = logp.sum(-1)  # log-prob of the whole response
+        lengths = torch.tensor([len(y) for y in out.response_ids], dtype=torch.float64)
+        stats[backend] = (lengths, per_sample.double())
+    for a, b in zip(stats["generate"], stats["loop"]):
+        se = (a.var() / len(a) + b.var() / len(b)).sqrt()
+        assert abs(a.mean() - b.mean()) < 5 * se, (a.mean(), b.mean(), se)
+    assert stats["generate"][0].std() > 0.5  # lengths really vary
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="backend must be one of generate, loop, static"):
+        SamplingConfig(backend="vllm")

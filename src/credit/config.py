@@ -56,6 +56,9 @@ class RolloutConfig(_Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
     stop: list[str] = Field(default_factory=list, description="Stop strings (the response ends after one).")
     micro_batch: int = Field(64, ge=1, description="Sequences per generate call.")
+    backend: Literal["generate", "loop", "static"] = Field(
+        "generate", description="generate: transformers generate; loop: a decode loop that drops ended rows "
+        "(faster when decoding is compute-bound, e.g. CPU); static: generate with a static cache (compiled on CUDA).")
 
 
 class TeacherConfig(_Section):

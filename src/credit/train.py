@@ -144,7 +144,7 @@ class Trainer:
         sampling = SamplingConfig(
             num_samples=cfg.rollout.samples_per_prompt, max_new_tokens=cfg.rollout.max_new_tokens,
             temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, stop=tuple(cfg.rollout.stop),
-            micro_batch_size=cfg.rollout.micro_batch)
+            micro_batch_size=cfg.rollout.micro_batch, backend=cfg.rollout.backend)
         chat = cfg.model.chat_template_kwargs
         prompt_ids = encode_prompts(self.tok, [examples[i].messages for i in local], chat_template_kwargs=chat)
         rollouts = sample(self.unwrapped, self.tok, prompt_ids, sampling,
