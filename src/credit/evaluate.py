@@ -91,6 +91,7 @@ def evaluate(
     top_p: float = 1.0,
     stop: Sequence[str] = (),
     chat_template_kwargs: dict | None = None,
+    backend: str = "generate",
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``task``'s ``split`` with ``n`` samples per item.
 
@@ -109,7 +110,7 @@ def evaluate(
     if not examples:
         raise UserError(f"task {getattr(task, 'name', task)!r} has no examples in split {split!r}")
     cfg = SamplingConfig(num_samples=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                         stop=tuple(stop), micro_batch_size=batch_size, seed=seed)
+                         stop=tuple(stop), micro_batch_size=batch_size, seed=seed, backend=backend)
     t0 = time.perf_counter()
     prompts = encode_prompts(tokenizer, [e.messages for e in examples], chat_template_kwargs=chat_template_kwargs)
     rollouts = sample(model, tokenizer, prompts, cfg)
@@ -190,6 +191,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64, help="(default 64)")
     p.add_argument("--batch-size", type=int, default=64, help="sequences per generate call (default 64)")
     p.add_argument("--seed", type=int, default=0, help="(default 0)")
+    p.add_argument("--backend", default="generate", choices=["generate", "loop", "static"],
+                   help="how tokens are decoded (credit.rollout; default generate)")
     p.add_argument("--limit", type=int, help="only the first N items")
     p.add_argument("--success-threshold", type=float, default=1.0, help="reward counted as correct (default 1.0)")
     p.add_argument("--json", dest="json_out", help="write the full result (with per-item data) as JSON here")
@@ -205,7 +208,8 @@ def run(args) -> int:
     model, tokenizer = load_model_from_args(args)
     result = evaluate(model, tokenizer, task, split=args.split, n=args.num_samples, temperature=args.temperature,
                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
-                      ks=args.ks, limit=args.limit, success_threshold=args.success_threshold, top_p=args.top_p)
+                      ks=args.ks, limit=args.limit, success_threshold=args.success_threshold, top_p=args.top_p,
+                      backend=args.backend)
     print_table(result)
     if args.json_out:
         viz.write_json(args.json_out, result)

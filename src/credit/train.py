@@ -323,7 +323,7 @@ def evaluate_model(trainer: Trainer) -> dict:
     return evaluate(trainer.unwrapped, trainer.tok, trainer.task, split="test", n=cfg.eval.samples,
                     temperature=cfg.eval.temperature, max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
                     batch_size=cfg.rollout.micro_batch, seed=cfg.seed, limit=cfg.eval.limit,
-                    chat_template_kwargs=cfg.model.chat_template_kwargs)
+                    chat_template_kwargs=cfg.model.chat_template_kwargs, backend=cfg.rollout.backend)
 
 
 def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False) -> dict:
