@@ -111,6 +111,23 @@ def test_chunked_logprobs_equal_naive(dtype):
     torch.testing.assert_close(g1.float(), g2.float(), atol=1e-5 if dtype == torch.float32 else 1e-2, rtol=1e-3)
 
 
+def test_picked_logprobs_value_and_gradient_in_float64():
+    # K ids per row (repeats included), many chunks: value and gradient of a weighted sum against the
+    # full log-softmax, in float64 so the comparison is exact to rounding on any CPU
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(2, 5, 300, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
+    index = torch.randint(0, 300, (2, 5, 4), generator=g)
+    index[0, 0, 1] = index[0, 0, 0]  # a repeated id gets both gradients
+    weights = torch.randn(2, 5, 4, generator=g, dtype=torch.float64)
+    picked = signal.picked_logprobs(logits, index, temperature=0.7, chunk_bytes=2 * 4 * 300)
+    naive = torch.log_softmax(logits / 0.7, dim=-1).gather(-1, index)
+    assert picked.dtype == torch.float64
+    torch.testing.assert_close(picked, naive, atol=1e-12, rtol=0)
+    (g1,) = torch.autograd.grad((picked * weights).sum(), logits)
+    (g2,) = torch.autograd.grad((naive * weights).sum(), logits)
+    torch.testing.assert_close(g1, g2, atol=1e-12, rtol=0)
+
+
 def test_masked_values_never_leak():
     x = torch.tensor([[1.0, 2.0, float("nan")], [4.0, float("inf"), 6.0]])
     mask = torch.tensor([[1, 1, 0], [1, 0, 1]])

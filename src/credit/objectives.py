@@ -22,8 +22,8 @@ from credit.signal import (
     check_mask,
     check_same_shape,
     check_unit_interval,
-    chunked_logsumexp,
     masked_sum,
+    picked_logprobs,
 )
 
 # ----------------------------------------------------------------------------- supports
@@ -58,13 +58,7 @@ def support_logprobs(
     """
     if index is None:
         return torch.log_softmax(logits.float() / temperature, dim=-1)
-    if index.shape[:-1] != logits.shape[:-1]:
-        raise ValueError(
-            f"index has shape {tuple(index.shape)} but logits {tuple(logits.shape)}; "
-            "index must be logits.shape[:-1] + (K,)"
-        )
-    lse = chunked_logsumexp(logits, temperature, chunk_bytes)  # (...)
-    top = logits.gather(-1, index).float() / temperature - lse.unsqueeze(-1)  # (..., K)
+    top = picked_logprobs(logits, index, temperature, chunk_bytes)  # (..., K), one fused backward
     top_mass = torch.logsumexp(top, dim=-1, keepdim=True)  # (..., 1)
     if tail:
         return torch.cat([top, _log1mexp(top_mass)], dim=-1)

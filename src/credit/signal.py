@@ -59,81 +59,63 @@ def _accumulator(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-class _ChunkedLogSumExp(torch.autograd.Function):
-    """``logsumexp(logits / T)`` over the last dim, never materializing an fp32 copy of all logits.
+class _ChunkedPickedLogprob(torch.autograd.Function):
+    """``log softmax(logits / T)`` at K token ids per row, with a chunked forward and a fused chunked
+    backward. logits (..., V), index (..., K) -> (..., K).
 
-    Forward and backward walk the rows in chunks; the only full-size tensor is the gradient itself
-    (in the logits' dtype), which autograd needs anyway.
+    The backward writes ``(scatter(g, index) − Σ_k g_k · softmax) / T`` chunk by chunk into one
+    gradient buffer: the only logits-sized allocation (a gather + logsumexp pair would need two dense
+    gradients, plus their sum).
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, temperature: float, chunk_bytes: int) -> torch.Tensor:
+    def forward(ctx, logits: torch.Tensor, index: torch.Tensor, temperature: float, chunk_bytes: int):
         flat = logits.reshape(-1, logits.shape[-1])  # (M, V)
+        idx = index.reshape(flat.shape[0], -1)  # (M, K)
         rows = _chunk_rows(flat.shape[1], chunk_bytes)
         acc = _accumulator(logits.dtype)
         lse = torch.empty(flat.shape[0], dtype=acc, device=logits.device)  # (M,)
         for s in range(0, flat.shape[0], rows):
             lse[s : s + rows] = torch.logsumexp(flat[s : s + rows].to(acc) / temperature, dim=-1)
-        ctx.save_for_backward(logits, lse)
+        picked = flat.gather(1, idx).to(acc) / temperature  # (M, K)
+        ctx.save_for_backward(logits, index, lse)
         ctx.temperature, ctx.chunk_bytes = temperature, chunk_bytes
-        return lse.view(logits.shape[:-1])
+        return (picked - lse[:, None]).view(index.shape)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        logits, lse = ctx.saved_tensors
+        logits, index, lse = ctx.saved_tensors
         flat = logits.reshape(-1, logits.shape[-1])
-        g = grad_out.reshape(-1, 1).to(lse.dtype) / ctx.temperature  # (M, 1)
+        idx = index.reshape(flat.shape[0], -1)  # (M, K)
+        g = grad_out.reshape(idx.shape).to(lse.dtype) / ctx.temperature  # (M, K)
+        g_sum = g.sum(-1, keepdim=True)  # (M, 1)
         grad = torch.empty_like(flat)
         rows = _chunk_rows(flat.shape[1], ctx.chunk_bytes)
         for s in range(0, flat.shape[0], rows):
-            softmax = torch.exp(flat[s : s + rows].to(lse.dtype) / ctx.temperature - lse[s : s + rows, None])
-            grad[s : s + rows] = (softmax * g[s : s + rows]).to(grad.dtype)
-        return grad.view_as(logits), None, None
+            chunk = torch.exp(flat[s : s + rows].to(lse.dtype) / ctx.temperature - lse[s : s + rows, None])
+            chunk *= -g_sum[s : s + rows]
+            chunk.scatter_add_(1, idx[s : s + rows], g[s : s + rows])  # g·onehot − Σg·softmax
+            grad[s : s + rows] = chunk.to(grad.dtype)
+        return grad.view_as(logits), None, None, None
 
 
-def chunked_logsumexp(
-    logits: torch.Tensor, temperature: float = 1.0, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+def picked_logprobs(
+    logits: torch.Tensor,
+    index: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> torch.Tensor:
-    """``logsumexp(logits / temperature, -1)`` in fp32, in row chunks. (..., V) -> (...)."""
+    """``log softmax(logits / T)`` at the ids ``index`` (..., K): (..., K), fp32 (fp64 for fp64 logits).
+
+    Chunked forward, one fused backward (one logits-sized gradient, whatever K)."""
+    if index.shape[:-1] != logits.shape[:-1]:
+        raise ValueError(
+            f"index has shape {tuple(index.shape)} but logits {tuple(logits.shape)}; "
+            "index must be logits.shape[:-1] + (K,)"
+        )
     if temperature <= 0:
         raise ValueError(f"temperature={temperature} must be > 0")
-    return _ChunkedLogSumExp.apply(logits, float(temperature), int(chunk_bytes))
-
-
-class _ChunkedTokenLogprob(torch.autograd.Function):
-    """``log softmax(logits / T)[tokens]`` with a chunked forward and a fused chunked backward.
-
-    The backward writes ``g/T · (onehot − softmax)`` chunk by chunk into one gradient buffer: the only
-    logits-sized allocation (a gather + logsumexp pair would need two, plus their sum).
-    """
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, tokens: torch.Tensor, temperature: float, chunk_bytes: int):
-        flat = logits.reshape(-1, logits.shape[-1])  # (M, V)
-        idx = tokens.reshape(-1, 1)  # (M, 1)
-        rows = _chunk_rows(flat.shape[1], chunk_bytes)
-        acc = _accumulator(logits.dtype)
-        lse = torch.empty(flat.shape[0], dtype=acc, device=logits.device)  # (M,)
-        for s in range(0, flat.shape[0], rows):
-            lse[s : s + rows] = torch.logsumexp(flat[s : s + rows].to(acc) / temperature, dim=-1)
-        picked = flat.gather(1, idx).squeeze(1).to(acc) / temperature  # (M,)
-        ctx.save_for_backward(logits, tokens, lse)
-        ctx.temperature, ctx.chunk_bytes = temperature, chunk_bytes
-        return (picked - lse).view(tokens.shape)
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        logits, tokens, lse = ctx.saved_tensors
-        flat = logits.reshape(-1, logits.shape[-1])
-        idx = tokens.reshape(-1, 1)
-        g = grad_out.reshape(-1, 1).to(lse.dtype) / ctx.temperature  # (M, 1)
-        grad = torch.empty_like(flat)
-        rows = _chunk_rows(flat.shape[1], ctx.chunk_bytes)
-        for s in range(0, flat.shape[0], rows):
-            chunk = -torch.exp(flat[s : s + rows].to(lse.dtype) / ctx.temperature - lse[s : s + rows, None])
-            chunk.scatter_add_(1, idx[s : s + rows], torch.ones_like(chunk[:, :1]))  # onehot − softmax
-            grad[s : s + rows] = (chunk * g[s : s + rows]).to(grad.dtype)
-        return grad.view_as(logits), None, None, None
+    return _ChunkedPickedLogprob.apply(logits, index, float(temperature), int(chunk_bytes))
 
 
 def token_logprobs(
@@ -153,9 +135,7 @@ def token_logprobs(
             f"logits has shape {tuple(logits.shape)} and tokens {tuple(tokens.shape)}; "
             "logits must be tokens.shape + (V,)"
         )
-    if temperature <= 0:
-        raise ValueError(f"temperature={temperature} must be > 0")
-    return _ChunkedTokenLogprob.apply(logits, tokens, float(temperature), int(chunk_bytes))
+    return picked_logprobs(logits, tokens.unsqueeze(-1), temperature, chunk_bytes).squeeze(-1)
 
 
 def naive_token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
