@@ -103,10 +103,23 @@ def test_addition_bad_responses_score_zero(bad):
 
 
 @pytest.mark.parametrize("opts", [{"low": 5, "high": 2}, {"n_test": 401}, {"seed": "x"}, {"answer_feedback": 1},
-                                  {"n_train": 400}, {"low": 1.5}])
+                                  {"n_train": 400}, {"low": 1.5}, {"op": "/"}, {"op": "x"}])
 def test_addition_bad_options(opts):
     with pytest.raises(ValueError):
         AdditionTask(**opts)
+
+
+@pytest.mark.parametrize("op, shown, value", [("*", "×", 7 * 13), ("-", "-", 7 - 13)])
+def test_other_operations_keep_the_pairs_and_the_strict_rule(op, shown, value):
+    plus, other = AdditionTask(), AdditionTask(op=op)
+    assert [(e.meta["a"], e.meta["b"]) for e in other.examples("test")] == \
+           [(e.meta["a"], e.meta["b"]) for e in plus.examples("test")]
+    ex = next(e for e in build_task("addition", op=op).examples("train") if (e.meta["a"], e.meta["b"]) == (7, 13))
+    assert ex.messages[0]["content"] == f"What is 7 {shown} 13? Answer with just the number."
+    assert ex.id == f"addition-7{op}13"
+    assert other.score(ex, f"7 {shown} 13 = {value}").reward == 1.0
+    assert other.score(ex, "20").reward == 0.0  # the sum is not the answer any more
+    assert other.score(ex, f"{value} or 20").reward == 0.0  # the final number is the answer
 
 
 def test_addition_options_change_range():

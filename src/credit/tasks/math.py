@@ -17,6 +17,7 @@ a reward of 1 never comes with feedback.
 
 from __future__ import annotations
 
+import operator
 import random
 import re
 from decimal import Decimal, InvalidOperation
@@ -53,6 +54,7 @@ class AdditionTask(BaseTask):
     """"What is a + b? Answer with just the number." for a, b in ``low..high``; the pairs are shuffled
     with ``random.Random(seed)``, the first ``n_test`` are held out and the rest are training prompts
     (the defaults, 400 pairs, seed 1234, 60 test and 340 train, are the peer baseline's split).
+    ``op="*"`` (or ``"-"``) asks for a × b (a − b) instead, on the same pairs and split.
 
     ``scorer`` picks the reward rule:
 
@@ -67,11 +69,12 @@ class AdditionTask(BaseTask):
 
     name = "addition"
     SCORERS = ("strict", "lenient")
+    OPS = {"+": ("+", operator.add), "-": ("-", operator.sub), "*": ("×", operator.mul)}  # op -> shown, value
     scorer_name = "strict"  # the ``scorer`` option, set per instance
 
     def __init__(self, *, low: int = 1, high: int = 20, seed: int = 1234, n_test: int = 60,
                  n_train: int | None = None, scorer: str = "strict", answer_feedback: bool = False,
-                 max_response_chars: int = _io.MAX_RESPONSE_CHARS):
+                 max_response_chars: int = _io.MAX_RESPONSE_CHARS, op: str = "+"):
         for k, v in (("low", low), ("high", high)):
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ValueError(f"{k} must be an int, got {v!r}")
@@ -86,9 +89,11 @@ class AdditionTask(BaseTask):
             raise ValueError(f"n_train must be None or an int in [0, {n_pairs - n_test}], got {n_train!r}")
         if scorer not in self.SCORERS:
             raise ValueError(f"scorer must be one of {', '.join(self.SCORERS)}, got {scorer!r}")
+        if op not in self.OPS:
+            raise ValueError(f"op must be one of {', '.join(map(repr, self.OPS))}, got {op!r}")
         _check_bool("answer_feedback", answer_feedback)
         _check_max_chars(max_response_chars)
-        self.low, self.high, self.seed, self.n_test, self.n_train = low, high, seed, n_test, n_train
+        self.low, self.high, self.seed, self.n_test, self.n_train, self.op = low, high, seed, n_test, n_train, op
         self.scorer_name, self.answer_feedback, self.max_response_chars = scorer, answer_feedback, max_response_chars
 
         pairs = [(a, b) for a in range(low, high + 1) for b in range(low, high + 1)]
@@ -99,11 +104,11 @@ class AdditionTask(BaseTask):
         self._splits = {"train": [self._example(a, b) for a, b in train],
                         "test": [self._example(a, b) for a, b in test]}
 
-    @staticmethod
-    def _example(a: int, b: int) -> Example:
-        return Example(id=f"addition-{a}+{b}",
-                       messages=[{"role": "user", "content": f"What is {a} + {b}? Answer with just the number."}],
-                       meta={"a": a, "b": b, "answer": a + b})
+    def _example(self, a: int, b: int) -> Example:
+        shown, value = self.OPS[self.op]
+        return Example(id=f"addition-{a}{self.op}{b}",
+                       messages=[{"role": "user", "content": f"What is {a} {shown} {b}? Answer with just the number."}],
+                       meta={"a": a, "b": b, "answer": value(a, b)})
 
     def score(self, example: Example, response: str) -> Outcome:
         text = _io.guard_response(response, self.max_response_chars)
