@@ -64,6 +64,14 @@ def test_bad_config_fails_before_any_model_loads(overrides, message, capsys):
     assert message.split(":")[0] in err and "Traceback" not in err and "nonexistent" not in err
 
 
+def test_override_values_yaml_cannot_read_are_text():
+    # "*" is a YAML alias marker: as a value it is the text "*" (was a bare YAML traceback)
+    from credit.runfiles import parse_task_options
+
+    assert load_config(None, ["task.options.op=*", "task.options.n_test=5"]).task.options == {"op": "*", "n_test": 5}
+    assert parse_task_options(["op=*", "scorer=lenient", "low=[1"]) == {"op": "*", "scorer": "lenient", "low": "[1"}
+
+
 def test_yaml_file_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim:\n  lr: [1, 2\n")

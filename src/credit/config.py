@@ -248,6 +248,15 @@ def _format(err: ValidationError, source: str) -> str:
     return f"invalid config ({source}): " + "; ".join(parts)
 
 
+def parse_value(raw: str) -> Any:
+    """An override's value as YAML (``true``, ``3``, ``0.5``, ``[a, b]``); text YAML cannot read (``*``,
+    ``[``) is taken as that text, not an error."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
     """YAML file (optional) + ``section.key=value`` overrides (values parsed as YAML) -> TrainConfig."""
     tree: dict = {}
@@ -266,7 +275,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like section.key=value")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+        _set_dotted(tree, key.strip(), parse_value(raw))
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as e:

@@ -99,14 +99,14 @@ def load_model_from_args(args):
 
 def parse_task_options(items: Sequence[str] | None) -> dict[str, Any]:
     """``key=value`` pairs; values parsed as YAML scalars (``true``, ``3``, ``0.5``, text)."""
-    import yaml
+    from credit.config import parse_value
 
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"--task-option {item!r}: expected key=value")
-        out[key] = yaml.safe_load(value)
+        out[key] = parse_value(value)
     return out
 
 

@@ -1,0 +1,104 @@
+"""Threads on a busy machine: a training step under candidate thread settings, alone and beside a competitor.
+
+For each setting (threads = cores or cores − 1; OpenMP's default spin-then-sleep wait or
+``OMP_WAIT_POLICY=PASSIVE``) and each condition (idle; beside a one-thread busy loop; beside a second
+one-thread `credit bench` standing in for another training run), one `credit bench` process times an
+SDPO step on SmolLM2-135M-Instruct (rollout, teacher pass, update) and reports median seconds. The
+competitor is started before and killed after each measurement; settings and conditions are
+interleaved in rounds, so a drifting machine slows all alike.
+
+Run it on an otherwise idle machine (it makes its own competition):
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/contention.py --json benchmarks/results/contention_cpu.json
+
+The table it prints is the one in BENCHMARKS.md; "worst / idle" is the figure a default should minimize.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = [sys.executable, "-m", "credit.cli", "bench", "--methods", "sdpo-token", "-B", "4", "-G", "4",
+         "--prompt-len", "32", "--response-len", "24", "--warmup", "1"]
+BUSY_LOOP = [sys.executable, "-c", "while True: pass"]
+
+
+def settings(cores: int) -> dict[str, dict[str, str]]:
+    """label -> environment of the measured process."""
+    out = {}
+    for threads in sorted({cores, max(1, cores - 1)}, reverse=True):
+        out[f"threads={threads}"] = {"OMP_NUM_THREADS": str(threads)}
+        out[f"threads={threads}, passive"] = {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
+    return out
+
+
+def competitor(kind: str, model: str) -> subprocess.Popen | None:
+    if kind == "idle":
+        return None
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    argv = BUSY_LOOP if kind == "busy loop" else [*BENCH, "--model", model, "--repeats", "1000"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(3 if kind == "busy loop" else 20)  # let a bench competitor load its model and start stepping
+    return proc
+
+
+def measure(env: dict[str, str], model: str, repeats: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bench.json"
+        argv = [*BENCH, "--model", model, "--repeats", str(repeats), "--json", str(out)]
+        subprocess.run(argv, env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        seconds = json.loads(out.read_text())["methods"]["sdpo-token"]["seconds"]
+    return {"step": seconds["step"], "rollout": seconds["rollout"], "update": seconds["update"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--repeats", type=int, default=3, help="timed steps per measurement (default 3)")
+    ap.add_argument("--rounds", type=int, default=1, help="times each (setting, condition) is measured")
+    ap.add_argument("--json", dest="json_out")
+    args = ap.parse_args()
+    cores = len(os.sched_getaffinity(0))
+    conditions = ("idle", "busy loop", "second run")
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for _ in range(args.rounds):
+        for condition in conditions:
+            for label, env in settings(cores).items():
+                proc = competitor(condition, args.model)
+                try:
+                    runs.setdefault((label, condition), []).append(measure(env, args.model, args.repeats))
+                finally:
+                    if proc is not None:
+                        proc.kill()
+                        proc.wait()
+                r = runs[(label, condition)][-1]
+                print(f"{label:22s} {condition:11s} step {r['step']:7.2f} s  rollout {r['rollout']:6.2f} s  "
+                      f"update {r['update']:6.2f} s", flush=True)
+    table = {}
+    for label in settings(cores):
+        row = {c: {k: statistics.median(r[k] for r in runs[(label, c)]) for k in ("step", "rollout", "update")}
+               for c in conditions}
+        idle = row["idle"]["step"]
+        row["worst_over_idle"] = max(row[c]["step"] for c in conditions) / idle
+        table[label] = row
+    best_idle = min(t["idle"]["step"] for t in table.values())
+    print(f"\n{cores} cores; seconds per SDPO step (median of {args.repeats}); worst/idle = slowest condition / own idle")
+    print(f"{'setting':22s} {'idle':>8s} {'busy loop':>10s} {'second run':>11s} {'worst/idle':>11s} {'idle vs best':>13s}")
+    for label, t in table.items():
+        print(f"{label:22s} {t['idle']['step']:8.2f} {t['busy loop']['step']:10.2f} {t['second run']['step']:11.2f} "
+              f"{t['worst_over_idle']:11.2f} {t['idle']['step'] / best_idle:13.2f}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"cores": cores, "model": args.model, "repeats": args.repeats,
+                                                   "table": table}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
