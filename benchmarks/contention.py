@@ -1,6 +1,7 @@
 """Threads on a busy machine: a training step under candidate thread settings, alone and beside a competitor.
 
-For each setting (threads = cores or cores − 1; OpenMP's default spin-then-sleep wait or
+For each setting (threads = cores, cores − 1, or ``auto`` — re-chosen before each step from what
+other processes used, ``credit.threads``; OpenMP's default spin-then-sleep wait or
 ``OMP_WAIT_POLICY=PASSIVE``) and each condition (idle; beside a one-thread busy loop; beside a second
 one-thread `credit bench` standing in for another training run), one `credit bench` process times an
 SDPO step on SmolLM2-135M-Instruct (rollout, teacher pass, update) and reports median seconds. The
@@ -31,12 +32,14 @@ BENCH = [sys.executable, "-m", "credit.cli", "bench", "--methods", "sdpo-token",
 BUSY_LOOP = [sys.executable, "-c", "while True: pass"]
 
 
-def settings(cores: int) -> dict[str, dict[str, str]]:
-    """label -> environment of the measured process."""
+def settings(cores: int) -> dict[str, tuple[dict[str, str], list[str]]]:
+    """label -> (environment, extra `credit bench` arguments) of the measured process."""
     out = {}
     for threads in sorted({cores, max(1, cores - 1)}, reverse=True):
-        out[f"threads={threads}"] = {"OMP_NUM_THREADS": str(threads)}
-        out[f"threads={threads}, passive"] = {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
+        out[f"threads={threads}"] = ({"OMP_NUM_THREADS": str(threads)}, [])
+        out[f"threads={threads}, passive"] = ({"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}, [])
+    out["threads=auto"] = ({"OMP_NUM_THREADS": str(cores)}, ["--threads", "auto"])
+    out["threads=auto, passive"] = ({"OMP_NUM_THREADS": str(cores), "OMP_WAIT_POLICY": "PASSIVE"}, ["--threads", "auto"])
     return out
 
 
@@ -50,10 +53,10 @@ def competitor(kind: str, model: str) -> subprocess.Popen | None:
     return proc
 
 
-def measure(env: dict[str, str], model: str, repeats: int) -> dict[str, float]:
+def measure(env: dict[str, str], extra: list[str], model: str, repeats: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"
-        argv = [*BENCH, "--model", model, "--repeats", str(repeats), "--json", str(out)]
+        argv = [*BENCH, *extra, "--model", model, "--repeats", str(repeats), "--json", str(out)]
         subprocess.run(argv, env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         seconds = json.loads(out.read_text())["methods"]["sdpo-token"]["seconds"]
     return {"step": seconds["step"], "rollout": seconds["rollout"], "update": seconds["update"]}
@@ -64,17 +67,18 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--repeats", type=int, default=3, help="timed steps per measurement (default 3)")
     ap.add_argument("--rounds", type=int, default=1, help="times each (setting, condition) is measured")
+    ap.add_argument("--conditions", default="idle,busy loop,second run")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0))
-    conditions = ("idle", "busy loop", "second run")
+    conditions = tuple(args.conditions.split(","))
     runs: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.rounds):
         for condition in conditions:
-            for label, env in settings(cores).items():
+            for label, (env, extra) in settings(cores).items():
                 proc = competitor(condition, args.model)
                 try:
-                    runs.setdefault((label, condition), []).append(measure(env, args.model, args.repeats))
+                    runs.setdefault((label, condition), []).append(measure(env, extra, args.model, args.repeats))
                 finally:
                     if proc is not None:
                         proc.kill()
@@ -91,10 +95,10 @@ def main() -> None:
         table[label] = row
     best_idle = min(t["idle"]["step"] for t in table.values())
     print(f"\n{cores} cores; seconds per SDPO step (median of {args.repeats}); worst/idle = slowest condition / own idle")
-    print(f"{'setting':22s} {'idle':>8s} {'busy loop':>10s} {'second run':>11s} {'worst/idle':>11s} {'idle vs best':>13s}")
+    print(f"{'setting':22s}" + "".join(f"{c:>12s}" for c in conditions) + f"{'worst/idle':>12s}{'idle/best':>11s}")
     for label, t in table.items():
-        print(f"{label:22s} {t['idle']['step']:8.2f} {t['busy loop']['step']:10.2f} {t['second run']['step']:11.2f} "
-              f"{t['worst_over_idle']:11.2f} {t['idle']['step'] / best_idle:13.2f}")
+        print(f"{label:22s}" + "".join(f"{t[c]['step']:12.2f}" for c in conditions)
+              + f"{t['worst_over_idle']:12.2f}{t['idle']['step'] / best_idle:11.2f}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"cores": cores, "model": args.model, "repeats": args.repeats,
                                                    "table": table}, indent=1))

@@ -111,6 +111,7 @@ def test_shipped_configs_validate():
         ["method=credit", "teacher.kind=frozen", "optim.loss_aggregation=seq-mean-token-sum"],
         ["method=credit", "model.lora={r: 4}", "teacher.kind=ema"],
         ["method=credit", "model.lora={r: 4}", "teacher.kind=frozen"],
+        ["method=credit", "rollout.backend=loop", "threads=auto"],
     ],
     ids=lambda o: " ".join(o),
 )
@@ -123,6 +124,7 @@ def test_one_step_changes_the_weights(tiny_dir, tmp_path, monkeypatch, overrides
     assert metrics["loss/skipped_steps"] == 0 and torch.isfinite(torch.tensor(metrics["loss/total"]))
     for key in ("task/reward_mean", "teacher/demo_fraction", "perf/rollout_s", "perf/update_s", "perf/step_s"):
         assert key in metrics
+    assert metrics["perf/threads"] == torch.get_num_threads() >= 1
     if "method=grpo" not in overrides:  # every distillation mode logs the same signal/* (logits too)
         assert "signal/dv_mean" in metrics and "signal/pmi_mean" in metrics
     if "method=credit" in overrides:

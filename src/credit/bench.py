@@ -232,6 +232,7 @@ class Bench:
     dtype: str = "float32"
     lr: float = 1e-6
     seed: int = 0
+    threads: int | str | None = None
     methods: list[Method] = field(default_factory=list)
 
     def __post_init__(self):
@@ -250,6 +251,8 @@ class Bench:
                 "log.tensorboard=false", "log.progress=false"]
         if self.device:
             base.append(f"device={self.device}")
+        if self.threads is not None:
+            base.append(f"threads={self.threads}")
         self.methods = self.methods or methods_for(self.ks, self.top_k, self.prompts)
         self.configs = {m.label: load_config(None, [*base, *m.overrides]) for m in self.methods}
         self.task = SyntheticTask(self.prompts, self.prompt_len, self.seed)
@@ -377,10 +380,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per method first (default 1)")
     p.add_argument("--device", help="cpu, cuda (default: what accelerate picks)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="(default float32)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=_threads, help="torch CPU threads, or auto (credit.threads; default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="(default 0)")
     p.add_argument("--json", dest="json_out", help="write the result here")
     p.set_defaults(func=run, command="bench")
+
+
+def _threads(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of threads >= 1, or auto")
+    return value
 
 
 def run(args) -> int:
@@ -388,8 +403,6 @@ def run(args) -> int:
                                ("--samples", args.samples, 1), ("--response-len", args.response_len, 1)):
         if value < least:
             raise ValueError(f"{flag}={value}: must be >= {least}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     ks = tuple(int(k) for k in str(args.ks).split(",") if k.strip())
     methods = methods_for(ks, args.top_k, args.prompts)
     if args.methods:
@@ -400,7 +413,7 @@ def run(args) -> int:
         methods = [m for m in methods if m.label in wanted]
     bench = Bench(model=args.model, prompts=args.prompts, samples=args.samples, prompt_len=args.prompt_len,
                   response_len=args.response_len, ks=ks, top_k=args.top_k, micro_batch=args.micro_batch,
-                  device=args.device, dtype=args.dtype, seed=args.seed, methods=methods)
+                  device=args.device, dtype=args.dtype, seed=args.seed, threads=args.threads, methods=methods)
     try:
         result = bench.run(args.repeats, args.warmup)
     finally:

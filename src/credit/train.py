@@ -43,6 +43,7 @@ from credit.tasks import Example, build_task
 from credit.teacher import build_negative_contexts, build_teacher_contexts, problem_keys, sample_negative_groups
 from credit.teacher.scorer import TeacherScorer
 from credit.teacher.weights import Teacher
+from credit.threads import ThreadPolicy
 
 
 def _rng(seed: int, step: int, stream: str) -> random.Random:
@@ -74,7 +75,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, accelerator: Accelerator | None = None, task=None):
         """``task``: a task object to train on instead of ``build_task(cfg.task)`` (benchmarks, notebooks)."""
-        self.cfg = cfg
+        self.cfg, self.threads = cfg, ThreadPolicy(cfg.threads)
         # bf16/fp16 compute under autocast over fp32 master weights: a bf16 parameter would round most
         # lr·update steps away (one bf16 AdamW step at lr 1e-6 changed 2% of the tiny model's weights)
         mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.model.dtype, "no")
@@ -111,8 +112,7 @@ class Trainer:
         self.scorer = TeacherScorer(self.teacher, self.unwrapped, cfg.rollout.temperature, cfg.optim.micro_batch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.pad_id = self.tok.pad_token_id
-        self.start_step = 0
-        self.skipped_steps = 0
+        self.start_step = self.skipped_steps = 0
 
     def _lr_factor(self, step: int) -> float:
         o = self.cfg.optim
@@ -306,7 +306,7 @@ class Trainer:
         self.start_step = state["step"] + 1
 
     def run_step(self, step: int) -> tuple[dict, list[dict]]:
-        t0 = time.perf_counter()
+        threads, t0 = self.threads.before_step(), time.perf_counter()
         with self.acc.autocast():
             batch, metrics, records = self.collect(step)
             t1 = time.perf_counter()
@@ -315,7 +315,7 @@ class Trainer:
         metrics.update(self.scorer.pop_seconds())
         metrics["perf/step_s"] = time.perf_counter() - t0
         metrics["perf/tokens_per_s"] = batch.student.response_mask.sum().item() / metrics["perf/step_s"]
-        return metrics, records
+        return {**metrics, "perf/threads": float(threads)}, records
 
 
 def evaluate_model(trainer: Trainer) -> dict:
