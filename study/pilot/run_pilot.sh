@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Second task family, pilot (issue 12 item 3): the base model's held-out mean@2 on candidate tasks,
-# 30 items each, at the study's evaluation temperature. One thread (it ran beside the addition sweep).
+# 30 items x 2 samples each (multiplication: all 60 x 4), at the study's evaluation temperature. One thread (it ran beside the addition sweep).
 #   bash study/pilot/run_pilot.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,6 +17,6 @@ eval_one() {  # name task max_new_tokens [task options...]
 eval_one rg-chain_sum reasoning_gym 96 dataset=chain_sum size=500
 eval_one rg-leg_counting reasoning_gym 96 dataset=leg_counting size=500
 eval_one openbookqa openbookqa 96
-eval_one rg-letter_counting reasoning_gym 96 dataset=letter_counting size=500
-eval_one chemistry chemistry 96
-eval_one rg-basic_arithmetic reasoning_gym 96 dataset=basic_arithmetic size=500
+# a x b on the addition pairs: the whole held-out split, n = 4, the study's evaluation settings
+[ -f study/pilot/multiplication.json ] || .venv/bin/credit eval --task addition --task-option 'op=*' -n 4 \
+  --temperature 0.7 --max-new-tokens 24 --batch-size 64 --seed 0 --json study/pilot/multiplication.json
