@@ -68,14 +68,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed steps per measurement (default 3)")
     ap.add_argument("--rounds", type=int, default=1, help="times each (setting, condition) is measured")
     ap.add_argument("--conditions", default="idle,busy loop,second run")
+    ap.add_argument("--settings", help="only these labels, '|'-separated (default: all)")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0))
     conditions = tuple(args.conditions.split(","))
+    chosen = settings(cores)
+    if args.settings:
+        chosen = {label: chosen[label] for label in args.settings.split("|")}
     runs: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.rounds):
         for condition in conditions:
-            for label, (env, extra) in settings(cores).items():
+            for label, (env, extra) in chosen.items():
                 proc = competitor(condition, args.model)
                 try:
                     runs.setdefault((label, condition), []).append(measure(env, extra, args.model, args.repeats))
@@ -87,7 +91,7 @@ def main() -> None:
                 print(f"{label:22s} {condition:11s} step {r['step']:7.2f} s  rollout {r['rollout']:6.2f} s  "
                       f"update {r['update']:6.2f} s", flush=True)
     table = {}
-    for label in settings(cores):
+    for label in chosen:
         row = {c: {k: statistics.median(r[k] for r in runs[(label, c)]) for k in ("step", "rollout", "update")}
                for c in conditions}
         idle = row["idle"]["step"]
