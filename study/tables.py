@@ -1,0 +1,53 @@
+"""The study's tables as markdown, from what `credit sweep` aggregated (STUDY.md quotes them).
+
+    python study/tables.py study/addition/aggregate.json
+
+Per run: held-out before → after, best within run (step), median s/step; per cell: mean ± sample std
+over the finished seeds; per comparison: the paired bootstrap interval and its verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def pm(s: dict, digits: int = 3) -> str:
+    if not s or s.get("mean") is None:
+        return "–"
+    std = "" if s.get("std") is None else f" ± {s['std']:.{digits}f}"
+    return f"{s['mean']:.{digits}f}{std} (n={s['n']})"
+
+
+def main(path: str) -> None:
+    agg = json.load(open(path))
+    print("| cell | seed | before | after | best within run (step) | s/step (median) |")
+    print("|---|---|---|---|---|---|")
+    for r in agg["runs"]:
+        if r.get("after") is None:
+            continue
+        best = f"{fmt(r.get('best'))} ({r.get('best_step')})"
+        print(f"| {r['cell']} | {r['seed']} | {fmt(r.get('before'))} | **{fmt(r.get('after'))}** | {best} | "
+              f"{fmt(r.get('step_s_median'), 0)} |")
+    print()
+    print("| cell | seeds | before | after | best within run | s/step |")
+    print("|---|---|---|---|---|---|")
+    for name, c in agg["cells"].items():
+        seeds = ", ".join(map(str, c["seeds"])) or "none yet"
+        print(f"| {name} | {seeds} | {pm(c['before'])} | **{pm(c['after'])}** | {pm(c['best'])} | "
+              f"{pm(c['step_s_median'], 0)} |")
+    print()
+    for c in agg["comparisons"]:
+        if "error" in c:
+            print(f"- {c['a']} − {c['b']}: not computed ({c['error']})")
+        else:
+            print(f"- {c['a']} − {c['b']}: {c['diff']:+.3f}, {c['level']:.0%} CI [{c['low']:+.3f}, {c['high']:+.3f}] "
+                  f"over {c['n_seeds']} seed(s) × {c['n_items']} items → {c['verdict']}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
