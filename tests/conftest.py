@@ -26,6 +26,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """A test that runs the loop with ``threads`` set must not leave other tests on its thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from credit.models import load_tokenizer
