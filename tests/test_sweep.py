@@ -12,6 +12,7 @@ import math
 import re
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,7 @@ def study_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_TRAIN_DIR", str(tmp_path / "fake"))
     monkeypatch.delenv("FAKE_BARRIER", raising=False)
     monkeypatch.setattr(sweep, "TRAIN_COMMAND", tuple(FAKE))  # what `credit sweep` on the CLI starts
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the run locks: not in the machine's /tmp
     return tmp_path
 
 
