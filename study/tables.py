@@ -2,14 +2,17 @@
 
     python study/tables.py study/addition/aggregate.json
 
-Per run: held-out before → after, best within run (step), median s/step; per cell: mean ± sample std
-over the finished seeds; per comparison: the paired bootstrap interval and its verdict.
+Per run: held-out before → after, best within run (step), maj@n and mean response tokens after
+(the run's summary.json), the lenient re-score after where ``<out>/lenient/<cell>-seed<k>.json`` exists,
+median s/step; per cell: mean ± sample std over the finished seeds; per comparison: the paired
+bootstrap interval and its verdict.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
@@ -25,13 +28,20 @@ def pm(s: dict, digits: int = 3) -> str:
 
 def main(path: str) -> None:
     agg = json.load(open(path))
-    print("| cell | seed | before | after | best within run (step) | s/step (median) |")
-    print("|---|---|---|---|---|---|")
+    lenient_dir = Path(path).parent / "lenient"
+    print("| cell | seed | before | after | best within run (step) | maj@n after | lenient after | "
+          "response tokens | s/step (median) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in agg["runs"]:
         if r.get("after") is None:
             continue
+        after = json.load(open(Path(r["dir"]) / "summary.json"))["eval_after"]
+        n = after["n"]
+        lenient = lenient_dir / f"{r['cell']}-seed{r['seed']}.json"
+        lenient_after = json.load(open(lenient))[f"mean@{n}"] if lenient.is_file() else None
         best = f"{fmt(r.get('best'))} ({r.get('best_step')})"
         print(f"| {r['cell']} | {r['seed']} | {fmt(r.get('before'))} | **{fmt(r.get('after'))}** | {best} | "
+              f"{fmt(after[f'maj@{n}'])} | {fmt(lenient_after)} | {fmt(after['response_len_mean'], 1)} | "
               f"{fmt(r.get('step_s_median'), 0)} |")
     print()
     print("| cell | seeds | before | after | best within run | s/step |")
