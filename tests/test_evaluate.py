@@ -142,3 +142,28 @@ def test_cli_eval(tiny_model_and_tokenizer, tmp_path, capsys):
     args = parser.parse_args(["eval", "--model", str(tmp_path / "m"), "--task", "nope"])
     assert args.func(args) == 2 and "unknown task" in capsys.readouterr().err
     assert build_task("addition").examples("test")  # the task used above has a held-out split
+
+
+def test_cli_eval_passes_chat_template_kwargs(tiny_model_and_tokenizer, tmp_path, monkeypatch, capsys):
+    import credit.rollout as ro
+
+    model, tok = tiny_model_and_tokenizer
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    seen = []
+    real = ro.encode_prompts
+
+    def spy(tokenizer, conversations, *, chat_template_kwargs=None):
+        seen.append(chat_template_kwargs)
+        return real(tokenizer, conversations, chat_template_kwargs=chat_template_kwargs)
+
+    monkeypatch.setattr(ro, "encode_prompts", spy)
+    parser = argparse.ArgumentParser()
+    ev.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["eval", "--model", str(tmp_path / "m"), "--limit", "1", "-n", "1", "--max-new-tokens", "2",
+                              "--backend", "loop", "--chat-template-kwargs", "{enable_thinking: false}"])
+    assert args.func(args) == 0, capsys.readouterr().err
+    assert seen == [{"enable_thinking": False}]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["eval", "--chat-template-kwargs", "[1, 2]"])
+    assert "give a mapping" in capsys.readouterr().err

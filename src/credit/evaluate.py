@@ -193,10 +193,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="(default 0)")
     p.add_argument("--backend", default="generate", choices=["generate", "loop", "static"],
                    help="how tokens are decoded (credit.rollout; default generate)")
+    p.add_argument("--chat-template-kwargs", type=_mapping, default=None, metavar="YAML",
+                   help="extra chat-template variables, e.g. '{enable_thinking: false}' (as model.chat_template_kwargs)")
     p.add_argument("--limit", type=int, help="only the first N items")
     p.add_argument("--success-threshold", type=float, default=1.0, help="reward counted as correct (default 1.0)")
     p.add_argument("--json", dest="json_out", help="write the full result (with per-item data) as JSON here")
     p.set_defaults(func=run, command="eval")
+
+
+def _mapping(text: str) -> dict:
+    from credit.config import parse_value
+
+    value = parse_value(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a mapping, e.g. '{{enable_thinking: false}}'")
+    return value
 
 
 @viz.cli_entry
@@ -209,7 +220,7 @@ def run(args) -> int:
     result = evaluate(model, tokenizer, task, split=args.split, n=args.num_samples, temperature=args.temperature,
                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
                       ks=args.ks, limit=args.limit, success_threshold=args.success_threshold, top_p=args.top_p,
-                      backend=args.backend)
+                      backend=args.backend, chat_template_kwargs=args.chat_template_kwargs)
     print_table(result)
     if args.json_out:
         viz.write_json(args.json_out, result)
