@@ -268,3 +268,27 @@ def test_wandb_gets_project_entity_and_name_and_a_resume_continues_the_same_run(
     (tmp_path / "my-run").mkdir()
     _wandb_run(tmp_path / "my-run", load_config(None, ["log.wandb=true"]), resumed=False)
     assert calls[2]["name"] == "my-run" and calls[2]["project"] == "credit"  # defaults: the run dir's name
+
+
+@pytest.mark.parametrize("how", ["replaced", "removed"])
+def test_a_log_replaced_under_a_live_run_is_put_back(tmp_path, how):
+    # what `git stash` did to a study run: the path was rewritten with an older copy while the run
+    # kept its file open; the run must not go on writing into a file no path names
+    from credit.logging import RunLogger
+
+    cfg = load_config(None, [f"out_dir={tmp_path}", "log.tensorboard=false", "log.progress=false"])
+    logger = RunLogger(tmp_path, cfg, main=True)
+    logger.log(0, {"loss": 1.0}, [{"i": 0}])
+    logger.log(1, {"loss": 2.0}, [{"i": 1}])
+    metrics = tmp_path / "metrics.jsonl"
+    if how == "replaced":
+        stale = tmp_path / "stale"
+        stale.write_text(metrics.read_text().splitlines(keepends=True)[0] + '{"step": 99}\n')
+        os.replace(stale, metrics)  # a new file at the path: older content plus something else
+    else:
+        metrics.unlink()
+    logger.log(2, {"loss": 3.0}, [{"i": 2}])
+    logger.close()
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [0, 1, 2]
+    assert [json.loads(line)["i"] for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()] == [0, 1, 2]
+    assert not list(tmp_path.glob(".*.restore"))

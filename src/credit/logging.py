@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -26,8 +27,8 @@ class RunLogger:
         # a resumed run drops what the crashed run logged after its last checkpoint (and a torn last line)
         for name in ("metrics.jsonl", "rollouts.jsonl"):
             trim_jsonl(self.out / name, start_step)
-        self.metrics_file = open(self.out / "metrics.jsonl", "a")
-        self.rollouts_file = open(self.out / "rollouts.jsonl", "a")
+        self.metrics_file = _Appender(self.out / "metrics.jsonl")
+        self.rollouts_file = _Appender(self.out / "rollouts.jsonl")
         if cfg.log.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -45,11 +46,8 @@ class RunLogger:
         if not self.main:
             return
         row = {"step": step, "time_s": round(time.time() - self.t0, 3), **metrics}
-        self.metrics_file.write(json.dumps(row) + "\n")
-        self.metrics_file.flush()
-        for r in records:
-            self.rollouts_file.write(json.dumps(r) + "\n")
-        self.rollouts_file.flush()
+        self.metrics_file.write([json.dumps(row) + "\n"])
+        self.rollouts_file.write([json.dumps(r) + "\n" for r in records])
         if self.tb is not None:
             for k, v in metrics.items():
                 self.tb.add_scalar(k, v, step)
@@ -69,6 +67,36 @@ class RunLogger:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+class _Appender:
+    """A jsonl file the run appends to, that stays the run's own: if something replaces or removes the
+    file while the run is live (a ``git stash`` or checkout of a committed copy, a sync tool), the next
+    write puts back everything this run wrote (still readable through the open file) at the path,
+    atomically, and carries on there, instead of writing on into a file no path names any more."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = open(path, "a+")
+
+    def write(self, lines: list[str]) -> None:
+        try:
+            replaced = os.stat(self.path).st_ino != os.fstat(self.file.fileno()).st_ino
+        except FileNotFoundError:
+            replaced = True
+        if replaced:
+            self.file.flush()
+            self.file.seek(0)
+            tmp = self.path.with_name(f".{self.path.name}.restore")
+            tmp.write_text(self.file.read())
+            os.replace(tmp, self.path)
+            self.file.close()
+            self.file = open(self.path, "a+")
+        self.file.write("".join(lines))
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def _wandb_run(out: Path, cfg: TrainConfig, resumed: bool):
