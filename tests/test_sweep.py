@@ -317,3 +317,23 @@ def test_cells_and_seeds_start_only_the_selected_runs(study_dir, capsys):
         run(path, [], cells=["c"])
     with pytest.raises(UserError, match="--seeds 7: .* runs seeds 0, 1, 2"):
         run(path, [], seeds=[7])
+
+
+def test_runs_finished_by_another_sweep_meanwhile_are_aggregated(study_dir, monkeypatch):
+    # two sweeps share a study (one per cell, as the addition study ran): each one's aggregate, written
+    # when it ends, must include what the other finished in the meantime, not what was there at its start
+    path = write_study(study_dir / "s.yaml", seeds=[0])
+    plan(study_dir, {"a/seed0": {"after": 0.5}, "b/seed0": {"after": 0.25}})
+    study = sweep.load_study(path)
+    b0 = next(s for s in sweep.expand(study) if s.cell == "b")
+    real = sweep._run_one
+
+    def and_the_other_sweep(spec, argv):
+        out = real(spec, argv)
+        real(b0, sweep.command(b0, study.base, FAKE))  # meanwhile, the other sweep finishes b seed0
+        return out
+
+    monkeypatch.setattr(sweep, "_run_one", and_the_other_sweep)
+    agg = run(path, [], cells=["a"])
+    assert [(r["cell"], r["status"]) for r in agg["runs"]] == [("a", "ran"), ("b", "skipped")]
+    assert agg["cells"]["b"]["after"]["mean"] == 0.25

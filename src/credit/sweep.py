@@ -443,6 +443,9 @@ def run_sweep(study: Study, *, jobs: int = 2, dry_run: bool = False, start: bool
             # the runs got the same SIGINT (one process group); what they checkpointed resumes next time
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+    for s in specs:  # runs another sweep finished while these ran count too
+        if s not in todo and start:
+            records[s] = {**run_record(s), "status": "skipped" if is_finished(s.out_dir) else "not run"}
     agg = aggregate(study, [records[s] for s in specs])
     write_aggregate(study, agg, report=report, echo=echo)
     return agg
