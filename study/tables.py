@@ -1,6 +1,6 @@
 """The study's tables as markdown, from what `credit sweep` aggregated (STUDY.md quotes them).
 
-    python study/tables.py study/addition/aggregate.json
+    .venv/bin/python study/tables.py study/addition/aggregate.json
 
 Per run: held-out before → after, best within run (step), maj@n and mean response tokens after
 (the run's summary.json), the lenient re-score after where ``<out>/lenient/<cell>-seed<k>.json`` exists,
@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+from credit.sweep import comparison_line
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
@@ -52,11 +54,7 @@ def main(path: str) -> None:
               f"{pm(c['step_s_median'], 0)} |")
     print()
     for c in agg["comparisons"]:
-        if "error" in c:
-            print(f"- {c['a']} − {c['b']}: not computed ({c['error']})")
-        else:
-            print(f"- {c['a']} − {c['b']}: {c['diff']:+.3f}, {c['level']:.0%} CI [{c['low']:+.3f}, {c['high']:+.3f}] "
-                  f"over {c['n_seeds']} seed(s) × {c['n_items']} items → {c['verdict']}")
+        print(f"- {comparison_line(c)}")
 
 
 if __name__ == "__main__":

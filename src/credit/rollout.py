@@ -213,7 +213,7 @@ class _StopStrings(StoppingCriteria):
         self.window = max(len(s) for s in stop) + 8
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        done = self.hits(input_ids[:, self.prompt_width:].tolist())
+        done = self.hits(input_ids[:, self.prompt_width:][:, -self.window:].tolist())  # the tail only
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     def hits(self, responses: list[list[int]]) -> list[bool]:

@@ -488,6 +488,14 @@ def aggregate(study: Study, records: Sequence[Mapping[str, Any]], n_boot: int = 
             "seeds": list(study.seeds), "cells": cells, "comparisons": comparisons, "runs": list(records)}
 
 
+def comparison_line(cmp: Mapping[str, Any]) -> str:
+    """One line for a comparison of the aggregate: A − B, its interval and verdict (or why it is missing)."""
+    if "error" in cmp:
+        return f"{cmp['a']} − {cmp['b']}: not computed ({cmp['error']})"
+    return (f"{cmp['a']} − {cmp['b']}: {cmp['diff']:+.3f}, {cmp['level']:.0%} CI [{cmp['low']:+.3f}, "
+            f"{cmp['high']:+.3f}] over {cmp['n_seeds']} seed(s) × {cmp['n_items']} items → {cmp['verdict']}")
+
+
 def _pm(s: Mapping[str, Any]) -> str:
     if s["mean"] is None:
         return "-"
@@ -509,11 +517,7 @@ def write_aggregate(study: Study, agg: Mapping[str, Any], *, report: bool = True
         failed = ", ".join(f"seed{s}" for s in c["failed"])
         echo(f"{cell:<20} {_pm(c['before']):<24} {_pm(c['after']):<24} {_pm(c['best']):<24} {step_s:<7} {failed}")
     for cmp in agg["comparisons"]:
-        if "error" in cmp:
-            echo(f"{cmp['a']} − {cmp['b']}: not computed ({cmp['error']})")
-        else:
-            echo(f"{cmp['a']} − {cmp['b']}: {cmp['diff']:+.3f}, {cmp['level']:.0%} CI [{cmp['low']:+.3f}, "
-                 f"{cmp['high']:+.3f}] over {cmp['n_seeds']} seeds × {cmp['n_items']} items: {cmp['verdict']}")
+        echo(comparison_line(cmp))
     echo(f"wrote {path}")
     failed = [r for r in agg["runs"] if r["status"] in ("failed", "incomplete")]
     if failed:
