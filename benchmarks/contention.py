@@ -27,8 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
-BENCH = [sys.executable, "-m", "credit.cli", "bench", "--methods", "sdpo-token", "-B", "4", "-G", "4",
-         "--prompt-len", "32", "--response-len", "24", "--warmup", "1"]
+BENCH_ARGS = ["bench", "--methods", "sdpo-token", "-B", "4", "-G", "4", "--prompt-len", "32", "--response-len", "24",
+              "--warmup", "1"]
+BENCH = [sys.executable, "-m", "credit.cli", *BENCH_ARGS]
+# The `credit` command sets OMP_WAIT_POLICY=PASSIVE unless told otherwise; OpenMP reads it when torch loads,
+# so a process that loads torch first keeps OpenMP's own spin-then-sleep default (the settings without ", passive").
+BENCH_SPIN = [sys.executable, "-c", "import sys, torch; from credit.cli import main; sys.exit(main())", *BENCH_ARGS]
 BUSY_LOOP = [sys.executable, "-c", "while True: pass"]
 
 
@@ -36,8 +40,9 @@ def settings(cores: int) -> dict[str, tuple[dict[str, str], list[str]]]:
     """label -> (environment, extra `credit bench` arguments) of the measured process."""
     out = {}
     for threads in sorted({cores, max(1, cores - 1)}, reverse=True):
-        out[f"threads={threads}"] = ({"OMP_NUM_THREADS": str(threads)}, [])
-        out[f"threads={threads}, passive"] = ({"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}, [])
+        fixed = ["--threads", str(threads)]
+        out[f"threads={threads}"] = ({"OMP_NUM_THREADS": str(threads)}, fixed)
+        out[f"threads={threads}, passive"] = ({"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}, fixed)
     out["threads=auto"] = ({"OMP_NUM_THREADS": str(cores)}, ["--threads", "auto"])
     out["threads=auto, passive"] = ({"OMP_NUM_THREADS": str(cores), "OMP_WAIT_POLICY": "PASSIVE"}, ["--threads", "auto"])
     return out
@@ -56,8 +61,10 @@ def competitor(kind: str, model: str) -> subprocess.Popen | None:
 def measure(env: dict[str, str], extra: list[str], model: str, repeats: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"
-        argv = [*BENCH, *extra, "--model", model, "--repeats", str(repeats), "--json", str(out)]
-        subprocess.run(argv, env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        spin = "OMP_WAIT_POLICY" not in env
+        argv = [*(BENCH_SPIN if spin else BENCH), *extra, "--model", model, "--repeats", str(repeats), "--json", str(out)]
+        base = {k: v for k, v in os.environ.items() if not (spin and k == "OMP_WAIT_POLICY")}
+        subprocess.run(argv, env={**base, **env}, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         seconds = json.loads(out.read_text())["methods"]["sdpo-token"]["seconds"]
     return {"step": seconds["step"], "rollout": seconds["rollout"], "update": seconds["update"]}
 

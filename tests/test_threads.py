@@ -48,3 +48,50 @@ def test_busy_seconds_reads_this_machines_proc_stat():
     second = threads._busy_seconds(cores)
     assert 0 < first <= second
     assert threads._busy_seconds(set()) == 0.0  # only the cores asked for are counted
+
+
+@pytest.mark.parametrize("env, expected", [(None, 2), ("1", 1), ("4,2", 4), (" 3 ", 3), ("0", 1), ("many", 2)])
+def test_auto_never_exceeds_omp_num_threads(monkeypatch, env, expected):
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    assert threads.ceiling(2) == expected
+
+
+def test_auto_on_an_idle_machine_stays_at_omp_num_threads(monkeypatch):
+    # a sweep runs each training with OMP_NUM_THREADS=1: auto must not take the idle second core
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(ThreadPolicy, "others_busy", lambda self: 0.0)
+    before = torch.get_num_threads()
+    try:
+        policy = ThreadPolicy("auto")
+        policy.cores = [0, 1, 2, 3]
+        assert policy.before_step() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        policy = ThreadPolicy("auto")
+        policy.cores = [0, 1, 2, 3]
+        assert policy.before_step() == 3  # min(ceiling 3, 4 free cores)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_auto_is_the_default():
+    from credit.config import TrainConfig
+
+    assert TrainConfig().threads == "auto"
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_cli_makes_openmp_threads_sleep_unless_told_otherwise(given, expected):
+    # OpenMP reads the policy once, when torch loads: the credit command must set it before that
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import os, sys, credit.cli; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == [expected, "False"]

@@ -380,7 +380,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per method first (default 1)")
     p.add_argument("--device", help="cpu, cuda (default: what accelerate picks)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="(default float32)")
-    p.add_argument("--threads", type=_threads, help="torch CPU threads, or auto (credit.threads; default: torch's choice)")
+    p.add_argument("--threads", type=_threads, help="torch CPU threads, or auto (credit.threads; default: auto, as credit train)")
     p.add_argument("--seed", type=int, default=0, help="(default 0)")
     p.add_argument("--json", dest="json_out", help="write the result here")
     p.set_defaults(func=run, command="bench")

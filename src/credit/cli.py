@@ -9,6 +9,11 @@ import sys
 
 from credit.errors import SetupError, one_line
 
+# Before anything loads torch (OpenMP reads it once, when it loads): an OpenMP thread with nothing to do
+# sleeps instead of spinning on a core that another process needs. Beside one busy process a step took
+# 1.5x its idle time instead of 3.1x (credit.threads, BENCHMARKS.md §5). The environment's value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # subcommands that live in their own modules; each has add_parser(subparsers) and run(args)
 SUBCOMMAND_MODULES = ["credit.evaluate", "credit.explain", "credit.pmi", "credit.report", "credit.bench",
                       "credit.sweep"]

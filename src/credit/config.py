@@ -146,8 +146,9 @@ class TrainConfig(_Section):
                                  "is the latest). With eval.every, checkpoint-best.pt keeps the best held-out mean@n.")
     device: str | None = Field(None, description="cpu, cuda, ... (default: what accelerate picks).")
     threads: int | Literal["auto"] | None = Field(
-        None, description="CPU threads: a number; auto = before each step, the cores other processes did not "
-        "keep busy during the last one (credit.threads); unset = torch's default (OMP_NUM_THREADS).")
+        "auto", description="CPU threads: auto = before each step, the cores other processes did not keep busy "
+        "during the last one, at most the threads the process started with (OMP_NUM_THREADS when set; "
+        "credit.threads); a number fixes them; null = torch's default, untouched.")
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)

@@ -6,7 +6,14 @@ more than the share of the machine that was lost (BENCHMARKS.md: 2–6× beside 
 ``threads: auto`` asks, before each step, how many of this process's cores the *other* processes kept
 busy during the last step (``/proc/stat`` for the cores this process may run on, minus this process's
 own CPU time) and runs the step with the rest — all cores on an idle machine, one fewer beside a
-busy neighbour, never fewer than one.
+busy neighbour, never fewer than one, and never more than ``OMP_NUM_THREADS`` when the environment
+sets it (so a sweep's one-thread runs stay at one). It is the default.
+
+The other half of surviving a busy machine is OpenMP's wait policy, which must be set before torch
+loads: by default an idle OpenMP thread spins before it sleeps, and a spinning thread steals the core
+a neighbour needed. The ``credit`` command sets ``OMP_WAIT_POLICY=PASSIVE`` unless the environment
+already sets it (``credit.cli``). Beside a one-thread busy loop an SDPO step on two cores then took
+1.5× its idle time instead of 3.1×, for 6% on the idle machine (BENCHMARKS.md §5).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ class ThreadPolicy:
     def __init__(self, threads: int | str | None):
         self.threads = threads
         self.cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+        self.most = ceiling(len(self.cores))
         if isinstance(threads, int):
             torch.set_num_threads(threads)
         self._last = self._sample()
@@ -59,8 +67,14 @@ class ThreadPolicy:
         if self.threads == "auto":
             others = self.others_busy()
             if others is not None:
-                torch.set_num_threads(choose(len(self.cores), others))
+                torch.set_num_threads(min(self.most, choose(len(self.cores), others)))
         return torch.get_num_threads()
+
+
+def ceiling(cores: int) -> int:
+    """auto's most threads: ``OMP_NUM_THREADS`` when set (its first number, as OpenMP reads "4,2"), else the cores."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return max(1, int(first)) if first.isdigit() else cores
 
 
 def choose(cores: int, others_busy: float) -> int:
