@@ -27,8 +27,14 @@ import tempfile
 import time
 from pathlib import Path
 
-BENCH_ARGS = ["bench", "--methods", "sdpo-token", "-B", "4", "-G", "4", "--prompt-len", "32", "--response-len", "24",
-              "--warmup", "1"]
+# the step each measurement times: `credit bench` method and batch
+STEPS = {
+    "sdpo": ("sdpo-token", ["-B", "4", "-G", "4", "--prompt-len", "32", "--response-len", "24"]),
+    # the quickstart's shape: CREDIT (token, K = 1) on 8 prompts × 8 rollouts, 24 tokens, micro-batch 32
+    "quickstart": ("credit-token-k1", ["-B", "8", "-G", "8", "--prompt-len", "16", "--response-len", "24",
+                                       "--micro-batch", "32"]),
+}
+BENCH_ARGS = ["bench", "--warmup", "1"]
 BENCH = [sys.executable, "-m", "credit.cli", *BENCH_ARGS]
 # The `credit` command sets OMP_WAIT_POLICY=PASSIVE unless told otherwise; OpenMP reads it when torch loads,
 # so a process that loads torch first keeps OpenMP's own spin-then-sleep default (the settings without ", passive").
@@ -48,24 +54,30 @@ def settings(cores: int) -> dict[str, tuple[dict[str, str], list[str]]]:
     return out
 
 
-def competitor(kind: str, model: str) -> subprocess.Popen | None:
+def competitor(kind: str, model: str, step: str) -> subprocess.Popen | None:
     if kind == "idle":
         return None
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    argv = BUSY_LOOP if kind == "busy loop" else [*BENCH, "--model", model, "--repeats", "1000"]
+    argv = BUSY_LOOP if kind == "busy loop" else [*BENCH, *step_args(step), "--model", model, "--repeats", "1000"]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(3 if kind == "busy loop" else 20)  # let a bench competitor load its model and start stepping
     return proc
 
 
-def measure(env: dict[str, str], extra: list[str], model: str, repeats: int) -> dict[str, float]:
+def step_args(step: str) -> list[str]:
+    method, batch = STEPS[step]
+    return ["--methods", method, *batch]
+
+
+def measure(env: dict[str, str], extra: list[str], model: str, repeats: int, step: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"
         spin = "OMP_WAIT_POLICY" not in env
-        argv = [*(BENCH_SPIN if spin else BENCH), *extra, "--model", model, "--repeats", str(repeats), "--json", str(out)]
+        argv = [*(BENCH_SPIN if spin else BENCH), *step_args(step), *extra, "--model", model, "--repeats", str(repeats),
+                "--json", str(out)]
         base = {k: v for k, v in os.environ.items() if not (spin and k == "OMP_WAIT_POLICY")}
         subprocess.run(argv, env={**base, **env}, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        seconds = json.loads(out.read_text())["methods"]["sdpo-token"]["seconds"]
+        seconds = json.loads(out.read_text())["methods"][STEPS[step][0]]["seconds"]
     return {"step": seconds["step"], "rollout": seconds["rollout"], "update": seconds["update"]}
 
 
@@ -76,6 +88,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="times each (setting, condition) is measured")
     ap.add_argument("--conditions", default="idle,busy loop,second run")
     ap.add_argument("--settings", help="only these labels, '|'-separated (default: all)")
+    ap.add_argument("--step", choices=sorted(STEPS), default="sdpo", help="the step timed: an SDPO step at "
+                    "B 4 × G 4 (the table's), or a CREDIT step at the quickstart's 8 × 8")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0))
@@ -87,9 +101,9 @@ def main() -> None:
     for _ in range(args.rounds):
         for condition in conditions:
             for label, (env, extra) in chosen.items():
-                proc = competitor(condition, args.model)
+                proc = competitor(condition, args.model, args.step)
                 try:
-                    runs.setdefault((label, condition), []).append(measure(env, extra, args.model, args.repeats))
+                    runs.setdefault((label, condition), []).append(measure(env, extra, args.model, args.repeats, args.step))
                 finally:
                     if proc is not None:
                         proc.kill()
@@ -105,13 +119,13 @@ def main() -> None:
         row["worst_over_idle"] = max(row[c]["step"] for c in conditions) / idle
         table[label] = row
     best_idle = min(t["idle"]["step"] for t in table.values())
-    print(f"\n{cores} cores; seconds per SDPO step (median of {args.repeats}); worst/idle = slowest condition / own idle")
+    print(f"\n{cores} cores; seconds per {STEPS[args.step][0]} step (median of {args.repeats}); worst/idle = slowest condition / own idle")
     print(f"{'setting':22s}" + "".join(f"{c:>12s}" for c in conditions) + f"{'worst/idle':>12s}{'idle/best':>11s}")
     for label, t in table.items():
         print(f"{label:22s}" + "".join(f"{t[c]['step']:12.2f}" for c in conditions)
               + f"{t['worst_over_idle']:12.2f}{t['idle']['step'] / best_idle:11.2f}")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"cores": cores, "model": args.model, "repeats": args.repeats,
+        Path(args.json_out).write_text(json.dumps({"cores": cores, "model": args.model, "repeats": args.repeats, "step": args.step,
                                                    "table": table}, indent=1))
 
 
