@@ -6,9 +6,10 @@ depends on, and ΔV_t and S_t are recomputed with ``credit.explain.explain`` (a 
 given model scores student, teacher and negative contexts; the training-time teacher was an EMA of
 it, so this reads the signal's shape, not the exact training values).
 
-Addition (``What is a + b?``): a token whose text is digits found in ``a`` or ``b`` is **copied**
-from the input; digits of ``a + b`` that are not copied are **computed**; everything else is
-**generic** (words, punctuation, other numbers). The CREDIT claim, quantified: the input-specific
+Addition (``What is a + b?``; or a × b, a − b with the task's ``op``, read from the run's
+``config.yaml``): a token whose text is digits found in ``a`` or ``b`` is **copied** from the input;
+digits of the result that are not copied are **computed**; everything else is **generic** (words,
+punctuation, other numbers). The CREDIT claim, quantified: the input-specific
 part S should put a larger share of its mass on copied/computed tokens than ΔV does.
 
     python study/signal_share.py RUN_DIR [RUN_DIR ...] --model smollm2-135m-instruct --out study/signal
@@ -23,6 +24,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from credit.tasks.math import AdditionTask
+
 CLASSES = ("copied", "computed", "generic")
 
 
@@ -31,18 +34,27 @@ def operands(messages: list[dict]) -> tuple[str, str] | None:
     return (found[0], found[1]) if len(found) >= 2 else None
 
 
-def token_class(piece: str, a: str, b: str) -> str:
+def token_class(piece: str, a: str, b: str, op: str = "+") -> str:
     digits = piece.strip()
     if not digits.isdigit():
         return "generic"
     if digits in a or digits in b:
         return "copied"
-    if digits in str(int(a) + int(b)):
+    if digits in str(AdditionTask.OPS[op][1](int(a), int(b))):
         return "computed"
     return "generic"
 
 
-def analyse(records: list[dict], model, tokenizer, negatives_pool: list[list[dict]], seed: int = 0) -> dict:
+def run_op(run: Path) -> str:
+    """The run's arithmetic operator (``task.options.op``, "+" when absent)."""
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+    return str(((cfg.get("task") or {}).get("options") or {}).get("op", "+"))
+
+
+def analyse(records: list[dict], model, tokenizer, negatives_pool: list[list[dict]], seed: int = 0,
+            op: str = "+") -> dict:
     from credit.explain import explain
 
     rng = random.Random(seed)
@@ -62,7 +74,7 @@ def analyse(records: list[dict], model, tokenizer, negatives_pool: list[list[dic
                     demo=rec.get("demo"), negatives=negs, teacher_context_ids=rec.get("teacher_context_ids"))
         used += 1
         for piece, dv, s in zip(e.tokens, e.dv, e.s):
-            c = token_class(piece, *ab)
+            c = token_class(piece, *ab, op)
             count[c] += 1
             mass["dv"][c] += abs(dv)
             mass["s"][c] += abs(s)
@@ -119,7 +131,7 @@ def main() -> None:
         lines = Path(run, "rollouts.jsonl").read_text().splitlines()
         records = [json.loads(line) for line in lines][: args.limit]
         pool = [r["prompt_messages"] for r in records]
-        results[Path(run).parent.name + "/" + Path(run).name] = analyse(records, model, tok, pool)
+        results[Path(run).parent.name + "/" + Path(run).name] = analyse(records, model, tok, pool, op=run_op(Path(run)))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "signal_share.json").write_text(json.dumps({"model": args.model, "runs": results}, indent=2))
