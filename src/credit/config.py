@@ -147,8 +147,8 @@ class TrainConfig(_Section):
     device: str | None = Field(None, description="cpu, cuda, ... (default: what accelerate picks).")
     threads: int | Literal["auto"] | None = Field(
         "auto", description="CPU threads: auto = before each step, the cores other processes did not keep busy "
-        "during the last one, at most the threads the process started with (OMP_NUM_THREADS when set; "
-        "credit.threads); a number fixes them; null = torch's default, untouched.")
+        "during the last one, at least one, at most OMP_NUM_THREADS when that is set (credit.threads); "
+        "a number fixes them; null = torch's default, untouched.")
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
