@@ -224,6 +224,23 @@ def test_a_run_made_with_other_settings_is_refused(study_dir):
     assert len(calls(study_dir)) == 2
 
 
+def test_a_run_that_differs_only_in_threads_is_not_refused(study_dir):
+    """Every sweep run computes on one thread (OMP_NUM_THREADS=1), so a thread setting changed since the
+    run was made (the default went from unset to auto) must not strand it; any other setting still must."""
+    path = write_study(study_dir / "s.yaml", seeds=[0], cells={"a": ["method=grpo", "threads=null"]})
+    run(path, [])
+    assert yaml.safe_load((study_dir / "runs/a/seed0/config.yaml").read_text())["threads"] is None
+    write_study(path, seeds=[0], cells={"a": ["method=grpo"]})  # threads: auto, the default
+    lines = []
+    run(path, lines)
+    assert len(calls(study_dir)) == 1  # finished, so skipped, and not refused
+    write_study(path, seeds=[0], cells={"a": ["method=grpo", "threads=2"]})
+    run(path, [])
+    write_study(path, seeds=[0], cells={"a": ["method=grpo", "steps=5"]})
+    with pytest.raises(UserError, match=r"steps: 4 in the run, 5 now"):
+        run(path, [])
+
+
 # ----------------------------------------------------------------------------- the aggregate
 
 

@@ -58,6 +58,10 @@ TRAIN_COMMAND: tuple[str, ...] = (sys.executable, "-m", "credit.cli", "train")
 RESERVED_KEYS = ("seed", "out_dir")
 #: One thread per run (see the module docstring); HF_HUB_OFFLINE: nothing is downloaded at run time.
 RUN_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# Settings that change how a run is executed, never what it computes here: every run of a sweep gets
+# OMP_NUM_THREADS=1 (RUN_ENV), so any `threads` value (unset, auto, a number) computes on one thread.
+# A run that differs from its cell only in these is resumed, not refused.
+EXECUTION_ONLY = frozenset({"threads"})
 LOG_NAME = "train.log"
 CELL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -186,7 +190,8 @@ def expand(study: Study) -> list[RunSpec]:
 
 def check_configs(study: Study, specs: Sequence[RunSpec]) -> None:
     """Validate every run's config before anything starts, and refuse a run directory whose
-    ``config.yaml`` disagrees with its cell (keys missing from an older file are not compared)."""
+    ``config.yaml`` disagrees with its cell (keys missing from an older file, and EXECUTION_ONLY
+    settings, are not compared)."""
     import yaml
 
     from credit.config import load_config
@@ -206,7 +211,7 @@ def check_configs(study: Study, specs: Sequence[RunSpec]) -> None:
         except yaml.YAMLError as e:
             raise UserError(f"{existing}: not valid YAML ({one_line(e)})") from None
         new = flatten_config(json.loads(json.dumps(cfg.model_dump(mode="json"))))
-        differ = [k for k in sorted(new) if k in old and old[k] != new[k]]
+        differ = [k for k in sorted(new) if k in old and old[k] != new[k] and k not in EXECUTION_ONLY]
         if differ:
             shown = ", ".join(f"{k}: {old[k]!r} in the run, {new[k]!r} now" for k in differ[:3])
             raise UserError(f"{existing}: this run was made with other settings than cell '{spec.cell}' asks for "
