@@ -129,6 +129,8 @@ def test_sigkill_inside_the_update_resumes_from_the_checkpoint_exactly(dropout_m
     assert code == -signal.SIGKILL, err[-3000:]
     assert steps_run(out) == [0, 1, 2]
     assert checkpoint.load(out)["step"] == 1  # checkpoint_every=2: the last one covers steps 0-1
+    wall_at_kill = json.loads((out / "summary.json").read_text()).get("train_wall_s", 0.0)
+    assert wall_at_kill > 0  # written with the checkpoint: a kill without warning keeps the run's time
     with open(out / "metrics.jsonl", "a") as f:  # what a crash in the middle of a write leaves
         f.write('{"step": 2, "task/rew')
 
@@ -137,6 +139,7 @@ def test_sigkill_inside_the_update_resumes_from_the_checkpoint_exactly(dropout_m
     assert "torn last line" in err
     assert got["summary"]["resumed_from_step"] == 2
     assert got["ran"] == [2, 3]  # fewer steps than a restart, starting where the checkpoint ends
+    assert got["summary"]["train_wall_s"] > wall_at_kill  # both processes' time
     assert_resumed_exactly(reference, out)
 
 

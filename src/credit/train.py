@@ -363,7 +363,13 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
             runs.note(out, f"credit train: resumed from {source} at step {trainer.start_step} of {cfg.steps}"
                            + (f"; config changes applied: {', '.join(changes)}" if changes else ""))
 
-    t_start = time.perf_counter()
+    # train_wall_s sums every process's share of the run; it is written with each checkpoint, so a run
+    # killed without warning keeps the time that produced its last checkpoint
+    wall_before, t_start = summary.get("train_wall_s", 0.0), time.perf_counter()
+
+    def count_wall() -> None:
+        summary["train_wall_s"] = wall_before + time.perf_counter() - t_start
+
     with runs.Interrupts() as interrupts:
         if cfg.eval.before and "eval_before" not in summary:
             summary["eval_before"] = evaluate_model(trainer)
@@ -382,16 +388,16 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
             signum = interrupts.requested(trainer.acc)  # SIGINT/SIGTERM: stop here, after a whole step
             if signum or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == cfg.steps:
                 saved = runs.save_checkpoint(trainer, out, step)
-            if signum:
-                summary["train_wall_s"] = summary.get("train_wall_s", 0.0) + time.perf_counter() - t_start
+                count_wall()
                 runs.write_summary(out, summary, trainer)
+            if signum:
                 logger.close()
                 raise runs.Interrupted(signum, step + 1, saved)
     summary["eval_after"] = evaluate_model(trainer)
     logger.log(cfg.steps, {f"eval/{k}": v for k, v in headline(summary["eval_after"]).items()})
     if cfg.eval.every:
         runs.keep_best(trainer, out, summary, headline(summary["eval_after"]), cfg.steps - 1)
-    summary["train_wall_s"] = summary.get("train_wall_s", 0.0) + time.perf_counter() - t_start
+    count_wall()
     summary["skipped_steps"] = trainer.skipped_steps
     runs.write_summary(out, summary, trainer)
     if main:
