@@ -53,6 +53,7 @@ def main() -> int:
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "HF_HUB_OFFLINE")},
         "existed": (out / "metrics.jsonl").exists(),
     }))
+    resumed = (out / "metrics.jsonl").exists()  # what the real command resumes from (here: step 1)
     print(f"fake train {key}")
     try:
         if plan.get("exit"):
@@ -75,6 +76,8 @@ def main() -> int:
         (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         summary = {"eval_before": {n: before}, "eval_after": {n: after, "items": [
             {"id": f"q{i}", "rewards": r} for i, r in enumerate(items)]}, "train_wall_s": 7.0}
+        if resumed:
+            summary["resumed_from_step"] = 1
         (out / "summary.json").write_text(json.dumps(summary))
         return 0
     finally:

@@ -129,6 +129,8 @@ def test_finished_runs_are_skipped_and_unfinished_resumed(study_dir):
     resumed = next(c for c in second if c["key"] == "b/seed1")
     assert resumed["existed"] and resumed["argv"][-1] == "--resume"
     assert sum("(finished earlier)" in ln for ln in lines) == 2
+    assert [ln for ln in lines if "resumed" in ln] == [next(ln for ln in lines if "b seed1:" in ln)]
+    assert "(resumed at step 1)" in next(ln for ln in lines if "b seed1:" in ln)
     assert [r["status"] for r in agg["runs"]] == ["skipped", "skipped", "ran", "ran"]
     # nothing left: a third sweep starts nothing
     run(path, [])

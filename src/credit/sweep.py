@@ -295,6 +295,7 @@ def run_record(spec: RunSpec) -> dict[str, Any]:
         "steps_logged": len(step_s),
         "step_s_median": statistics.median(step_s) if step_s else None,
         "train_wall_s": summary.get("train_wall_s"),
+        "resumed_from_step": summary.get("resumed_from_step"),
     }
 
 
@@ -316,6 +317,8 @@ def run_line(rec: Mapping[str, Any]) -> str:
     best = f"best {_fmt(rec['best'])} @ step {rec['best_step']}" if rec["best"] is not None else "best -"
     step_s = f"{rec['step_s_median']:.1f} s/step" if rec["step_s_median"] is not None else "- s/step"
     done = " (finished earlier)" if rec["status"] == "skipped" else ""
+    if rec["status"] == "ran" and rec.get("resumed_from_step"):  # this sweep's process ran only the rest
+        done = f" (resumed at step {rec['resumed_from_step']})"
     return (f"{head}: held-out {rec['metric']} {_fmt(rec['before'])} -> {_fmt(rec['after'])}, {best}, {step_s}, "
             f"wall {_fmt(wall, 0)} s{done}")
 
