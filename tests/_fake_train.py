@@ -46,14 +46,14 @@ def main() -> int:
         time.sleep(0.02)
     seen = max(seen, len(list(running.iterdir())))
 
+    resumed = (out / "metrics.jsonl").exists()  # what the real command resumes from (here: step 1)
     calls = state / "calls"
     calls.mkdir(exist_ok=True)
     (calls / f"{me}.json").write_text(json.dumps({
         "key": key, "argv": sys.argv[1:], "running_at_start": at_start, "running_seen": seen,
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "HF_HUB_OFFLINE")},
-        "existed": (out / "metrics.jsonl").exists(),
+        "existed": resumed,
     }))
-    resumed = (out / "metrics.jsonl").exists()  # what the real command resumes from (here: step 1)
     print(f"fake train {key}")
     try:
         if plan.get("exit"):

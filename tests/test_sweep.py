@@ -233,8 +233,7 @@ def test_a_run_that_differs_only_in_threads_is_not_refused(study_dir):
     run(path, [])
     assert yaml.safe_load((study_dir / "runs/a/seed0/config.yaml").read_text())["threads"] is None
     write_study(path, seeds=[0], cells={"a": ["method=grpo"]})  # threads: auto, the default
-    lines = []
-    run(path, lines)
+    run(path, [])
     assert len(calls(study_dir)) == 1  # finished, so skipped, and not refused
     write_study(path, seeds=[0], cells={"a": ["method=grpo", "threads=2"]})
     run(path, [])
