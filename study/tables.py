@@ -13,10 +13,10 @@ comparison: the paired bootstrap interval and its verdict.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 from pathlib import Path
 
+from credit.stats import mean_std
 from credit.sweep import comparison_line
 
 
@@ -29,11 +29,6 @@ def pm(s: dict, digits: int = 3) -> str:
         return "–"
     std = "" if s.get("std") is None else f" ± {s['std']:.{digits}f}"
     return f"{s['mean']:.{digits}f}{std} (n={s['n']})"
-
-
-def mean_std(values: list[float]) -> dict:
-    return {"mean": statistics.mean(values) if values else None, "n": len(values),
-            "std": statistics.stdev(values) if len(values) > 1 else None}
 
 
 def main(path: str) -> None:
