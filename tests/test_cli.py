@@ -34,6 +34,13 @@ def run_dir(tiny_model_dir, tmp_path_factory):
     return out
 
 
+def test_train_prints_before_and_after_and_never_nan(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", f"model.name={tiny_model_dir}", f"out_dir={out}", *BASE, "steps=1"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("held-out mean@1: not measured (eval.before: false) -> ") and "nan" not in line, line
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["train", "optim.lrr=1e-4"], "optim.lrr: unknown key; did you mean `optim.lr`?"),
     (["train", "learning_rate=1e-4"], "did you mean `optim.lr`?"),

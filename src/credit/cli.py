@@ -43,7 +43,8 @@ def _train(args) -> int:
     after = summary.get("eval_after", {})
     key = next((k for k in after if k.startswith("mean@")), None)
     if key:
-        print(f"held-out {key}: {before.get(key, float('nan')):.3f} -> {after[key]:.3f} "
+        start = f"{before[key]:.3f}" if key in before else "not measured (eval.before: false)"
+        print(f"held-out {key}: {start} -> {after[key]:.3f} "
               f"({summary['train_wall_s']:.0f} s training, run dir {cfg.out_dir})")
     return 0
 
