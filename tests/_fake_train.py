@@ -5,7 +5,8 @@
 with numbers taken from ``$FAKE_TRAIN_DIR/plan.json`` keyed by ``<cell>/seed<k>`` (the last two
 parts of out_dir), and records each call in ``$FAKE_TRAIN_DIR/calls/``.
 
-Plan entry fields (all optional): ``exit`` (non-zero: print an error and fail), ``before``, ``after``,
+Plan entry fields (all optional): ``exit`` (non-zero: print an error and fail), ``signal`` (exit
+as ``credit train`` does when stopped by that signal), ``before``, ``after``,
 ``periodic`` ({step index: eval value}), ``step_s`` (one per training step), ``items`` (per-item
 reward lists of the final evaluation). With ``$FAKE_BARRIER=n`` a run waits until n runs have
 started (a run that saw the others running proves they overlapped, no clock involved).
@@ -59,6 +60,9 @@ def main() -> int:
         if plan.get("exit"):
             print("credit train: error: boom", file=sys.stderr)
             return int(plan["exit"])
+        if plan.get("signal"):  # what the real command prints and returns after SIGTERM/SIGINT
+            print(f"credit train: signal {plan['signal']}: interrupted at step 1; checkpoint saved", file=sys.stderr)
+            return 128 + int(plan["signal"])
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump(cfg))
         n = f"mean@{cfg.eval.samples}"

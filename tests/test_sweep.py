@@ -175,6 +175,24 @@ def test_failed_run_is_reported_and_the_rest_still_run(study_dir, capsys):
     assert len(calls(study_dir)) == 5
 
 
+@pytest.mark.parametrize("signum", [2, 15])
+def test_an_interrupted_run_is_listed_as_interrupted_not_failed(study_dir, signum, capsys):
+    plan(study_dir, {"b/seed0": {"signal": signum}})
+    path = write_study(study_dir / "s.yaml")
+    assert cli_main(["sweep", str(path), "--no-report"]) == 1  # the study is not finished
+    out = capsys.readouterr().out
+    assert "FAILED" not in out and "did not finish" not in out
+    line = next(ln for ln in out.splitlines() if "b seed0:" in ln)
+    assert "interrupted after" in line and "the next sweep resumes it" in line and f"signal {signum}" in line
+    assert "1 run(s) interrupted (checkpointed; the next sweep resumes them): b seed0" in out
+    agg = json.loads((study_dir / "t" / "aggregate.json").read_text())
+    assert agg["cells"]["b"]["interrupted"] == [0] and agg["cells"]["b"]["failed"] == []
+    assert [r["status"] for r in agg["runs"] if r["cell"] == "b"] == ["interrupted", "ran"]
+    plan(study_dir, {})  # the next sweep resumes it, and only it
+    assert cli_main(["sweep", str(path), "--no-report"]) == 0
+    assert [c["key"] for c in calls(study_dir)].count("b/seed0") == 2 and len(calls(study_dir)) == 5
+
+
 def test_a_run_held_by_another_sweep_is_left_alone(study_dir):
     from filelock import FileLock
 

@@ -28,7 +28,9 @@ disagrees with what its cell now asks for is an error: a study never mixes two s
 
 Per run the aggregate reads ``summary.json`` (held-out ``mean@n`` before and after training, per-item
 results for the paired bootstrap) and ``metrics.jsonl`` (best periodic ``eval/mean@n``, which needs
-``eval.every``; the median ``perf/step_s``), then per cell mean ± sample std over seeds.
+``eval.every``; the median ``perf/step_s``), then per cell mean ± sample std over seeds. Runs that did
+not finish are listed per cell as ``failed`` (an error, or no ``eval_after``) or ``interrupted`` (stopped
+by SIGINT/SIGTERM after a checkpoint); either makes ``credit sweep`` exit 1.
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ RUN_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"
 # A run that differs from its cell only in these is resumed, not refused.
 EXECUTION_ONLY = frozenset({"threads"})
 LOG_NAME = "train.log"
+# Exit statuses of a run stopped by SIGINT or SIGTERM: `credit train` checkpoints after the current step
+# and exits 128 + the signal (a child killed outright by one reports it negative). The next sweep resumes
+# such a run, so the aggregate lists it as interrupted, not failed.
+INTERRUPTED_EXITS = frozenset({130, 143, -2, -15})
 CELL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
@@ -313,6 +319,9 @@ def run_line(rec: Mapping[str, Any]) -> str:
                 f"(log: {rec['log']})")
     if rec["status"] == "incomplete":
         return f"{head}: exited 0 but wrote no eval_after in summary.json (log: {rec['log']})"
+    if rec["status"] == "interrupted":
+        return (f"{head}: interrupted after {rec['wall_s']:.0f} s: {rec.get('error') or '?'} "
+                f"(the next sweep resumes it; log: {rec['log']})")
     wall = rec.get("wall_s") if rec["status"] == "ran" else rec.get("train_wall_s")
     best = f"best {_fmt(rec['best'])} @ step {rec['best_step']}" if rec["best"] is not None else "best -"
     step_s = f"{rec['step_s_median']:.1f} s/step" if rec["step_s_median"] is not None else "- s/step"
@@ -440,6 +449,8 @@ def run_sweep(study: Study, *, jobs: int = 2, dry_run: bool = False, start: bool
                 rec = {**run_record(s), "returncode": returncode, "wall_s": wall, "log": str(s.out_dir / LOG_NAME)}
                 if returncode is None:
                     rec["status"] = "busy"
+                elif returncode in INTERRUPTED_EXITS:
+                    rec.update(status="interrupted", error=_last_line(s.out_dir / LOG_NAME))
                 elif returncode != 0:
                     rec.update(status="failed", error=_last_line(s.out_dir / LOG_NAME))
                 else:
@@ -479,6 +490,7 @@ def aggregate(study: Study, records: Sequence[Mapping[str, Any]], n_boot: int = 
             "best": stats.mean_std([r["best"] for r in mine if r["best"] is not None]),
             "step_s_median": stats.mean_std([r["step_s_median"] for r in mine if r["step_s_median"] is not None]),
             "failed": [r["seed"] for r in records if r["cell"] == cell and r["status"] in ("failed", "incomplete")],
+            "interrupted": [r["seed"] for r in records if r["cell"] == cell and r["status"] == "interrupted"],
         }
     comparisons = []
     for a, b in study.compare:
@@ -530,6 +542,10 @@ def write_aggregate(study: Study, agg: Mapping[str, Any], *, report: bool = True
     failed = [r for r in agg["runs"] if r["status"] in ("failed", "incomplete")]
     if failed:
         echo(f"{len(failed)} run(s) did not finish: " + ", ".join(f"{r['cell']} seed{r['seed']}" for r in failed))
+    interrupted = [r for r in agg["runs"] if r["status"] == "interrupted"]
+    if interrupted:
+        echo(f"{len(interrupted)} run(s) interrupted (checkpointed; the next sweep resumes them): "
+             + ", ".join(f"{r['cell']} seed{r['seed']}" for r in interrupted))
     busy = [r for r in agg["runs"] if r["status"] == "busy"]
     if busy:
         echo(f"{len(busy)} run(s) still running in another sweep: " + ", ".join(f"{r['cell']} seed{r['seed']}" for r in busy))
@@ -582,5 +598,5 @@ def _seeds(text: str) -> list[int]:
 def run(args) -> int:
     agg = run_sweep(load_study(args.study), jobs=args.jobs, dry_run=args.dry_run, start=not args.aggregate_only,
                     cells=args.cells, seeds=args.seeds, report=not args.no_report)
-    failed = [r for r in agg.get("runs", []) if r["status"] in ("failed", "incomplete")]
-    return 1 if failed else 0
+    unfinished = [r for r in agg.get("runs", []) if r["status"] in ("failed", "incomplete", "interrupted")]
+    return 1 if unfinished else 0
