@@ -91,6 +91,30 @@ def test_png_heat_strip_rows(expl, tmp_path):
     assert "data:image/png;base64," in paths["html"].read_text()
 
 
+def test_given_negative_contexts_replace_the_rendered_ones(expl, tiny_model_and_tokenizer):
+    model, tok = tiny_model_and_tokenizer
+    z = Privileged(feedback="The correct answer is 7.")
+    user = [{"role": "user", "content": PROMPT}]
+
+    def run(contexts):
+        return ex.explain(model, tok, PROMPT, RESPONSE, feedback=z.feedback, negatives=NEGATIVES, temperature=0.7,
+                          negative_context_ids=contexts)
+
+    # swap="input" contexts given by hand: the same numbers as rendering them
+    same = run([render_context(tok, [{"role": "user", "content": p}], z) for p in NEGATIVES])
+    assert torch.allclose(torch.tensor(same.s), torch.tensor(expl.s), atol=1e-5)
+    # the teacher's own context as every negative: nothing is input-specific, S = 0 and G = ℓT
+    own = run([render_context(tok, user, z)] * len(NEGATIVES))
+    assert torch.allclose(torch.tensor(own.s), torch.zeros(len(own.ids)), atol=1e-4)
+    assert own.meta["negative_contexts_given"] and not expl.meta["negative_contexts_given"]
+    # another problem's whole context (its own feedback): S differs from swap="input"
+    other = run([render_context(tok, [{"role": "user", "content": p}], Privileged(feedback="The correct answer is 2."))
+                 for p in NEGATIVES])
+    assert not torch.allclose(torch.tensor(other.s), torch.tensor(expl.s), atol=1e-3)
+    with pytest.raises(ex.UserError, match="one per prompt"):
+        run([render_context(tok, user, z)])
+
+
 def test_no_privileged_or_empty_response_is_an_error(tiny_model_and_tokenizer):
     model, tok = tiny_model_and_tokenizer
     with pytest.raises(ex.UserError, match="privileged"):

@@ -103,6 +103,7 @@ def explain(
     temperature: float = 1.0,
     aggregator: str = "mean",
     teacher_context_ids: Sequence[int] | None = None,
+    negative_context_ids: Sequence[Sequence[int]] | None = None,
     templates=None,
     micro_batch: int | None = None,
 ) -> Explanation:
@@ -116,6 +117,8 @@ def explain(
         aggregator: ``mean`` or ``logmeanexp`` over negatives (``credit.signal.AGGREGATORS``).
         teacher_context_ids: the recorded teacher context (e.g. truncated in training); default:
             rendered from ``prompt`` and ``z``.
+        negative_context_ids: one whole context per prompt in ``negatives`` (``swap="context"``: the
+            other problem's own teacher context); default: each rendered from its prompt and this ``z``.
     """
     from credit.rollout import encode_prompts
     from credit.scoring import pack, response_logprobs
@@ -143,7 +146,15 @@ def explain(
         check_ids_fit(model, tokenizer, teacher_ctx, "teacher_context_ids")
     else:
         teacher_ctx = render_context(tokenizer, messages, z, templates)
-    neg_ctx = [render_context(tokenizer, m, z, templates) for m in neg_messages]
+    if negative_context_ids is None:
+        neg_ctx = [render_context(tokenizer, m, z, templates) for m in neg_messages]
+    elif len(negative_context_ids) != len(neg_messages):
+        raise UserError(f"negative_context_ids: {len(negative_context_ids)} contexts for {len(neg_messages)} "
+                        "negative prompts; give one per prompt")
+    else:
+        neg_ctx = [list(c) for c in negative_context_ids]
+        for c in neg_ctx:
+            check_ids_fit(model, tokenizer, c, "negative_context_ids")
     contexts = [student_ctx, teacher_ctx, *neg_ctx]
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -168,7 +179,8 @@ def explain(
         dv=dv[0].tolist(), s=s[0].tolist(), g=g[0].tolist(), sums=sums,
         prompt_messages=messages, feedback=z.feedback, demo=z.demo, negative_prompts=neg_messages,
         temperature=float(temperature), aggregator=aggregator,
-        meta={"teacher_context_recorded": bool(teacher_context_ids), "num_negatives": len(neg_messages)},
+        meta={"teacher_context_recorded": bool(teacher_context_ids), "num_negatives": len(neg_messages),
+              "negative_contexts_given": negative_context_ids is not None},
     )
 
 
