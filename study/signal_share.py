@@ -53,8 +53,19 @@ def run_op(run: Path) -> str:
     return str(((cfg.get("task") or {}).get("options") or {}).get("op", "+"))
 
 
+def whole_contexts(records: list[dict]) -> list[tuple[list[dict], list[int]]]:
+    """(prompt, recorded teacher context) of every logged rollout with a teacher signal: the negatives
+    of ``swap="context"``. A run logs a few rollouts of one problem per step, not the teacher contexts
+    of its negatives, so each rollout gets one of these drawn from another problem instead of its
+    training-time negative (same distribution: another problem with its own demo/feedback)."""
+    return [(r["prompt_messages"], list(r["teacher_context_ids"])) for r in records
+            if r.get("has_signal") and r.get("teacher_context_ids")]
+
+
 def analyse(records: list[dict], model, tokenizer, negatives_pool: list[list[dict]], seed: int = 0,
-            op: str = "+") -> dict:
+            op: str = "+", whole: list[tuple[list[dict], list[int]]] | None = None) -> dict:
+    """``whole``: other problems' whole teacher contexts to draw one negative from (``whole_contexts``,
+    ``swap="context"``); None: each negative keeps this rollout's z (``swap="input"``, as trained)."""
     from credit.explain import explain
 
     rng = random.Random(seed)
@@ -66,12 +77,16 @@ def analyse(records: list[dict], model, tokenizer, negatives_pool: list[list[dic
         ab = operands(rec["prompt_messages"])
         if not rec.get("has_signal") or ab is None or not rec["response_ids"]:
             continue
-        negs = rec.get("negative_prompts") or []
-        if not negs:  # SDPO/GRPO runs log no negatives: draw another problem of the pool
+        negs, neg_ctx = rec.get("negative_prompts") or [], None
+        if whole is not None:
+            prompt, context = rng.choice([w for w in whole if w[0] != rec["prompt_messages"]])
+            negs, neg_ctx = [prompt], [context]
+        elif not negs:  # SDPO/GRPO runs log no negatives: draw another problem of the pool
             others = [p for p in negatives_pool if p != rec["prompt_messages"]]
             negs = [rng.choice(others)]
         e = explain(model, tokenizer, rec["prompt_messages"], rec["response_ids"], feedback=rec.get("feedback"),
-                    demo=rec.get("demo"), negatives=negs, teacher_context_ids=rec.get("teacher_context_ids"))
+                    demo=rec.get("demo"), negatives=negs, teacher_context_ids=rec.get("teacher_context_ids"),
+                    negative_context_ids=neg_ctx)
         used += 1
         for piece, dv, s in zip(e.tokens, e.dv, e.s):
             c = token_class(piece, *ab, op)
@@ -121,6 +136,9 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m-instruct", help="the live teacher/student (default: base model)")
     p.add_argument("--limit", type=int, default=200, help="rollouts per run (default 200)")
     p.add_argument("--out", default="study/signal", help="folder for signal_share.json and signal_share.png")
+    p.add_argument("--swap", choices=("input", "context"), default="input",
+                   help="negatives keep this rollout's demo/feedback and swap the input (default, as trained), "
+                        "or are the other problem's whole teacher context (credit.swap=context)")
     args = p.parse_args()
 
     from credit.models import load_model
@@ -129,12 +147,15 @@ def main() -> None:
     results = {}
     for run in args.runs:
         lines = Path(run, "rollouts.jsonl").read_text().splitlines()
-        records = [json.loads(line) for line in lines][: args.limit]
+        every = [json.loads(line) for line in lines]
+        records = every[: args.limit]
         pool = [r["prompt_messages"] for r in records]
-        results[Path(run).parent.name + "/" + Path(run).name] = analyse(records, model, tok, pool, op=run_op(Path(run)))
+        whole = whole_contexts(every) if args.swap == "context" else None
+        label = Path(run).parent.name + "/" + Path(run).name
+        results[label] = analyse(records, model, tok, pool, op=run_op(Path(run)), whole=whole)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "signal_share.json").write_text(json.dumps({"model": args.model, "runs": results}, indent=2))
+    (out / "signal_share.json").write_text(json.dumps({"model": args.model, "swap": args.swap, "runs": results}, indent=2))
     plot(results, out / "signal_share.png")
     for label, r in results.items():
         print(label, r["rollouts"], "rollouts")
