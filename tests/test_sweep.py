@@ -212,8 +212,13 @@ def test_aggregate_only_starts_nothing(study_dir, capsys):
     plan(study_dir, {"a/seed0": {"after": 0.75}})
     run(path, [])
     write_study(path, seeds=[0, 1])
+    partial = study_dir / "runs/b/seed1"  # a run another sweep stopped after two steps
+    partial.mkdir(parents=True)
+    (partial / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "perf/step_s": 1.0}) + "\n" for i in range(2)))
     assert cli_main(["sweep", str(path), "--aggregate-only", "--no-report"]) == 0
-    assert "t: 2 of 4 runs finished; started nothing" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "t: 2 of 4 runs finished; started nothing" in out
+    assert "1 run(s) started and not finished (the next sweep resumes them): b seed1 (2 steps logged)" in out
     assert len(calls(study_dir)) == 2
     agg = json.loads((study_dir / "t" / "aggregate.json").read_text())
     assert agg["cells"]["a"]["after"] == {"mean": 0.75, "std": None, "n": 1}

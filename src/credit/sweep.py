@@ -546,6 +546,10 @@ def write_aggregate(study: Study, agg: Mapping[str, Any], *, report: bool = True
     if interrupted:
         echo(f"{len(interrupted)} run(s) interrupted (checkpointed; the next sweep resumes them): "
              + ", ".join(f"{r['cell']} seed{r['seed']}" for r in interrupted))
+    partial = [r for r in agg["runs"] if r["status"] == "not run" and r["steps_logged"]]
+    if partial:
+        echo(f"{len(partial)} run(s) started and not finished (the next sweep resumes them): "
+             + ", ".join(f"{r['cell']} seed{r['seed']} ({r['steps_logged']} steps logged)" for r in partial))
     busy = [r for r in agg["runs"] if r["status"] == "busy"]
     if busy:
         echo(f"{len(busy)} run(s) still running in another sweep: " + ", ".join(f"{r['cell']} seed{r['seed']}" for r in busy))
