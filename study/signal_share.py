@@ -79,7 +79,10 @@ def analyse(records: list[dict], model, tokenizer, negatives_pool: list[list[dic
             continue
         negs, neg_ctx = rec.get("negative_prompts") or [], None
         if whole is not None:
-            prompt, context = rng.choice([w for w in whole if w[0] != rec["prompt_messages"]])
+            others = [w for w in whole if w[0] != rec["prompt_messages"]]
+            if not others:
+                raise ValueError("swap=context: the log holds no other problem with a teacher signal to contrast with")
+            prompt, context = rng.choice(others)
             negs, neg_ctx = [prompt], [context]
         elif not negs:  # SDPO/GRPO runs log no negatives: draw another problem of the pool
             others = [p for p in negatives_pool if p != rec["prompt_messages"]]
