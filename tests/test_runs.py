@@ -16,7 +16,7 @@ import credit.train as train_mod
 from credit import checkpoint, runs
 from credit.cli import main
 from credit.config import load_config
-from credit.errors import UserError
+from credit.errors import SetupError, UserError
 
 BASE = ["device=cpu", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=3", "rollout.max_new_tokens=6",
         "optim.micro_batch=12", "optim.lr=1e-3", "log.progress=false", "log.tensorboard=false", "eval.before=false",
@@ -135,6 +135,45 @@ def test_checkpoints_rotate_and_checkpoint_pt_is_the_latest(tmp_path):
     assert latest["step"] == 3 and torch.equal(latest["model"]["w"], torch.full((2,), 3.0))
     assert os.path.samefile(tmp_path / "checkpoint.pt", tmp_path / "checkpoints" / "step-000004.pt")
     assert not list(tmp_path.glob(".*.tmp")) and not list((tmp_path / "checkpoints").glob(".*.tmp"))
+
+
+def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_previous(tmp_path, monkeypatch):
+    checkpoint.save(tmp_path, {"step": 0, "model": {"w": torch.zeros(2)}})
+
+    def short_write(state, f):  # what torch.save raised when the disk filled up mid-write
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1345351872 vs 1345351764")
+
+    monkeypatch.setattr(checkpoint.torch, "save", short_write)
+    with pytest.raises(checkpoint.CheckpointWriteError) as err:
+        checkpoint.save(tmp_path, {"step": 1, "model": {"w": torch.ones(2)}})
+    message = str(err.value)
+    assert "step-000002.pt: writing the checkpoint failed (RuntimeError: [enforce fail" in message
+    assert "GiB free on its disk" in message and f"{tmp_path / 'checkpoint.pt'} is intact" in message
+    assert isinstance(err.value, SetupError)  # the CLI prints it as one line, exit 2
+    monkeypatch.undo()
+    assert checkpoint.load(tmp_path)["step"] == 0  # the resume point is the previous checkpoint
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))  # the partial file is gone
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000001.pt"]
+
+
+def test_credit_train_on_a_full_disk_says_so_in_one_line_and_resumes(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    real_save = torch.save
+
+    def full_after_first(state, f, *args, **kwargs):
+        if "step-000002" in getattr(f, "name", ""):
+            raise RuntimeError("unexpected pos 100 vs 90")
+        return real_save(state, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_after_first)
+    assert main(train_args(tiny_model_dir, out, "steps=3", "checkpoint_every=1")) == 2
+    line = one_error_line(capsys)
+    assert "step-000002.pt: writing the checkpoint failed" in line and "rerun with --resume" in line
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    assert checkpoint.load(out)["step"] == 0
+    assert main(train_args(tiny_model_dir, out, "steps=3", "checkpoint_every=1", "--resume")) == 0
+    assert "resumed" in capsys.readouterr().err and checkpoint.load(out)["step"] == 2
 
 
 def test_an_unreadable_checkpoint_is_one_line(tmp_path):

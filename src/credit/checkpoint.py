@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from credit.errors import UserError
+from credit.errors import SetupError, UserError
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "checkpoint-best.pt"
@@ -40,6 +40,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class CheckpointWriteError(SetupError):
+    """A checkpoint could not be written (a full disk, a quota): one line naming the file, the free
+    space and the checkpoint a ``--resume`` continues from, which the failed write did not touch."""
+
+
 def _write_atomic(path: Path, state: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -48,10 +53,23 @@ def _write_atomic(path: Path, state: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a short write as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise CheckpointWriteError(_write_failure(path, e)) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _write_failure(path: Path, error: BaseException) -> str:
+    run_dir = path.parent.parent if path.parent.name == STEP_DIR else path.parent
+    free = shutil.disk_usage(path.parent).free / 2**30
+    latest = run_dir / CHECKPOINT
+    kept = f"{latest} is intact: free space, then rerun with --resume" if latest.exists() else \
+        "no earlier checkpoint exists: free space, then rerun"
+    return (f"{path}: writing the checkpoint failed ({type(error).__name__}: {str(error).strip()}); "
+            f"{free:.1f} GiB free on its disk; {kept}")
 
 
 def _point_latest(run_dir: Path, target: Path) -> None:
