@@ -83,6 +83,11 @@ def main() -> int:
         if resumed:
             summary["resumed_from_step"] = 1
         (out / "summary.json").write_text(json.dumps(summary))
+        (out / "checkpoints").mkdir(exist_ok=True)  # what `credit train` keeps: a step file, linked
+        (out / "checkpoints" / "step-000004.pt").write_bytes(b"x" * 1000)
+        (out / "checkpoint.pt").unlink(missing_ok=True)
+        os.link(out / "checkpoints" / "step-000004.pt", out / "checkpoint.pt")
+        (out / "checkpoint-best.pt").write_bytes(b"b" * 10)
         return 0
     finally:
         (running / me).unlink()

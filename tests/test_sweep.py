@@ -193,6 +193,23 @@ def test_an_interrupted_run_is_listed_as_interrupted_not_failed(study_dir, signu
     assert [c["key"] for c in calls(study_dir)].count("b/seed0") == 2 and len(calls(study_dir)) == 5
 
 
+def test_prune_checkpoints_deletes_only_finished_runs_resume_state(study_dir, capsys):
+    plan(study_dir, {"b/seed0": {"signal": 15}})
+    path = write_study(study_dir / "s.yaml", seeds=[0])
+    assert cli_main(["sweep", str(path), "--no-report", "--prune-checkpoints"]) == 1
+    out = capsys.readouterr().out
+    assert [ln.strip() for ln in out.splitlines() if "pruned" in ln] == ["pruned 0.0 GiB of resume checkpoints in runs/a/seed0"]
+    finished = study_dir / "runs/a/seed0"
+    assert not (finished / "checkpoint.pt").exists() and not list((finished / "checkpoints").iterdir())
+    assert (finished / "checkpoint-best.pt").exists() and (finished / "summary.json").exists()
+    with pytest.raises(ValueError, match="not finished"):  # an unfinished run keeps what it resumes from
+        sweep.prune_checkpoints(study_dir / "runs/b/seed0")
+    plan(study_dir, {})
+    run(path, [])  # without the flag, b's finished run keeps its checkpoints
+    assert (study_dir / "runs/b/seed0/checkpoint.pt").exists()
+    assert sweep.prune_checkpoints(study_dir / "runs/b/seed0") == 1000  # one file, two links: counted once
+
+
 def test_a_run_held_by_another_sweep_is_left_alone(study_dir):
     from filelock import FileLock
 

@@ -243,6 +243,21 @@ def is_finished(out_dir: Path) -> bool:
     return bool(summary) and "eval_after" in summary
 
 
+def prune_checkpoints(out_dir: Path) -> int:
+    """Delete a finished run's resume checkpoints (``checkpoint.pt``, ``checkpoints/step-*.pt``: weights,
+    teacher and optimizer, ~16 bytes a parameter); keep ``final/`` and ``checkpoint-best.pt``. Bytes freed."""
+    from credit import checkpoint
+
+    if not is_finished(out_dir):
+        raise ValueError(f"{out_dir}: not finished; its checkpoint is what --resume continues from")
+    paths = [p for p in (out_dir / checkpoint.CHECKPOINT, *(out_dir / checkpoint.STEP_DIR).glob("step-*.pt"))
+             if p.is_file()]
+    sizes = {(st.st_dev, st.st_ino): st.st_size for st in map(Path.stat, paths)}  # checkpoint.pt is a hard link
+    for path in paths:
+        path.unlink()
+    return sum(sizes.values())
+
+
 def _metric_key(evaluation: Mapping | None) -> str | None:
     return next((k for k in (evaluation or {}) if k.startswith("mean@")), None)
 
@@ -398,7 +413,7 @@ def select(study: Study, specs: Sequence[RunSpec], cells: Sequence[str] | None =
 
 def run_sweep(study: Study, *, jobs: int = 2, dry_run: bool = False, start: bool = True,
               cells: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
-              train_cmd: Sequence[str] | None = None, report: bool = True,
+              train_cmd: Sequence[str] | None = None, report: bool = True, prune: bool = False,
               echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every unfinished run of ``study``, ``jobs`` at a time; write and return the aggregate.
 
@@ -406,7 +421,8 @@ def run_sweep(study: Study, *, jobs: int = 2, dry_run: bool = False, start: bool
     ``dry_run`` prints the commands (and which runs are finished) and starts nothing. ``start=False``
     writes the aggregate of the runs finished so far and starts nothing (e.g. while another sweep
     runs). ``train_cmd`` replaces ``credit train`` (default ``TRAIN_COMMAND``, read at call time so
-    tests can patch it).
+    tests can patch it). ``prune`` deletes the resume checkpoints of each run this sweep finishes
+    (``prune_checkpoints``): a study of many runs otherwise keeps a full training state per run.
     """
     train_cmd = TRAIN_COMMAND if train_cmd is None else train_cmd
     if jobs < 1:
@@ -458,6 +474,8 @@ def run_sweep(study: Study, *, jobs: int = 2, dry_run: bool = False, start: bool
                 records[s] = rec
                 done += 1
                 echo(f"[{done}/{len(todo)}] {run_line(rec)}")
+                if prune and rec["status"] == "ran":
+                    echo(f"  pruned {prune_checkpoints(s.out_dir) / 2**30:.1f} GiB of resume checkpoints in {s.out_dir}")
         except KeyboardInterrupt:
             # the runs got the same SIGINT (one process group); what they checkpointed resumes next time
             pool.shutdown(wait=True, cancel_futures=True)
@@ -582,6 +600,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aggregate-only", action="store_true",
                    help="start nothing: write the aggregate (and report) of the runs finished so far")
     p.add_argument("--no-report", action="store_true", help="write aggregate.json only, no report page")
+    p.add_argument("--prune-checkpoints", action="store_true",
+                   help="when a run finishes, delete its resume checkpoints (checkpoint.pt, checkpoints/; "
+                        "weights + teacher + optimizer), keeping final/ and checkpoint-best.pt")
     p.add_argument("--cells", type=_names, metavar="A,B", help="start only these cells (default: all)")
     p.add_argument("--seeds", type=_seeds, metavar="0,1", help="start only these seeds (default: all)")
     p.set_defaults(func=run, command="sweep")
@@ -601,6 +622,6 @@ def _seeds(text: str) -> list[int]:
 @cli_entry
 def run(args) -> int:
     agg = run_sweep(load_study(args.study), jobs=args.jobs, dry_run=args.dry_run, start=not args.aggregate_only,
-                    cells=args.cells, seeds=args.seeds, report=not args.no_report)
+                    cells=args.cells, seeds=args.seeds, report=not args.no_report, prune=args.prune_checkpoints)
     unfinished = [r for r in agg.get("runs", []) if r["status"] in ("failed", "incomplete", "interrupted")]
     return 1 if unfinished else 0
