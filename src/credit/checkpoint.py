@@ -53,11 +53,10 @@ def _write_atomic(path: Path, state: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a short write as a RuntimeError
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
-        raise CheckpointWriteError(_write_failure(path, e)) from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        if isinstance(e, (OSError, RuntimeError)):  # torch.save reports a short write as a RuntimeError
+            raise CheckpointWriteError(_write_failure(path, e)) from e
         raise
     _fsync_dir(path.parent)
 
@@ -100,6 +99,17 @@ def save(run_dir: str | Path, state: dict, keep: int = 1) -> Path:
         if old != path:
             old.unlink()
     return run_dir / CHECKPOINT
+
+
+def remove_resume_state(run_dir: str | Path) -> int:
+    """Delete ``checkpoint.pt`` and ``checkpoints/step-*.pt`` (weights, teacher, optimizer: what
+    ``--resume`` needs), keeping ``checkpoint-best.pt``; the bytes freed (a hard link counted once)."""
+    run_dir = Path(run_dir)
+    paths = [p for p in (run_dir / CHECKPOINT, *(run_dir / STEP_DIR).glob("step-*.pt")) if p.is_file()]
+    sizes = {(st.st_dev, st.st_ino): st.st_size for st in map(Path.stat, paths)}
+    for path in paths:
+        path.unlink()
+    return sum(sizes.values())
 
 
 def save_best(run_dir: str | Path, state: dict) -> Path:

@@ -250,12 +250,7 @@ def prune_checkpoints(out_dir: Path) -> int:
 
     if not is_finished(out_dir):
         raise ValueError(f"{out_dir}: not finished; its checkpoint is what --resume continues from")
-    paths = [p for p in (out_dir / checkpoint.CHECKPOINT, *(out_dir / checkpoint.STEP_DIR).glob("step-*.pt"))
-             if p.is_file()]
-    sizes = {(st.st_dev, st.st_ino): st.st_size for st in map(Path.stat, paths)}  # checkpoint.pt is a hard link
-    for path in paths:
-        path.unlink()
-    return sum(sizes.values())
+    return checkpoint.remove_resume_state(out_dir)
 
 
 def _metric_key(evaluation: Mapping | None) -> str | None:
