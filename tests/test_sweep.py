@@ -342,6 +342,16 @@ def test_comparison_without_a_common_seed_is_reported_not_raised(study_dir):
     assert any(ln.startswith("a − b: not computed") for ln in lines)
 
 
+def test_a_one_seed_comparison_says_its_interval_is_item_noise_only(study_dir):
+    plan(study_dir, {"a/seed0": {"items": [[1, 1], [1, 0]]}, "b/seed0": {"items": [[0, 0], [1, 0]]},
+                     "a/seed1": {"items": [[1, 1], [1, 0]]}, "b/seed1": {"items": [[0, 0], [1, 0]]}})
+    one, two = [], []
+    run(write_study(study_dir / "one.yaml", seeds=[0], compare=[["a", "b"]]), one)
+    run(write_study(study_dir / "two.yaml", seeds=[0, 1], compare=[["a", "b"]]), two)
+    assert any(ln.startswith("a − b: +0.500") and "item noise only" in ln for ln in one)
+    assert any(ln.startswith("a − b: +0.500") and "item noise" not in ln for ln in two)
+
+
 # ----------------------------------------------------------------------------- the real command
 
 

@@ -525,8 +525,11 @@ def comparison_line(cmp: Mapping[str, Any]) -> str:
     """One line for a comparison of the aggregate: A − B, its interval and verdict (or why it is missing)."""
     if "error" in cmp:
         return f"{cmp['a']} − {cmp['b']}: not computed ({cmp['error']})"
-    return (f"{cmp['a']} − {cmp['b']}: {cmp['diff']:+.3f}, {cmp['level']:.0%} CI [{cmp['low']:+.3f}, "
+    line = (f"{cmp['a']} − {cmp['b']}: {cmp['diff']:+.3f}, {cmp['level']:.0%} CI [{cmp['low']:+.3f}, "
             f"{cmp['high']:+.3f}] over {cmp['n_seeds']} seed(s) × {cmp['n_items']} items → {cmp['verdict']}")
+    if cmp["n_seeds"] == 1:  # resampling items alone: a second seed can move the difference by more
+        line += " (one seed: the interval holds item noise only, not seed-to-seed spread)"
+    return line
 
 
 def _pm(s: Mapping[str, Any]) -> str:
