@@ -1,4 +1,4 @@
-"""The study's scripts (study/signal_share.py, study/tables.py): what STUDY.md's tables are made of."""
+"""The study's scripts (study/signal_share.py, study/tables.py, study/behaviour.py): what STUDY.md's tables are made of."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ def load(name: str):
 
 signal_share = load("signal_share")
 tables = load("tables")
+behaviour = load("behaviour")
 
 
 @pytest.mark.parametrize("piece, a, b, op, expected", [
@@ -103,3 +104,28 @@ def test_tables_columns_line_up_and_lenient_means_its_seeds(tmp_path, capsys):
     lenient = [c.strip() for c in header.split("|")].index("lenient after")
     assert row.split("|")[lenient].strip() == "0.750 (n=1)"  # the one seed that has a lenient re-score
     assert blocks[2] == "- a − b: not computed (no common seed)"
+
+
+@pytest.mark.parametrize("response, expected", [
+    ("17 + 5 = 22", True),
+    ("5 plus 17 is 21", True),  # restating is not being right
+    ("The answer is 22.", False),
+    ("17 + 55 = 72", False),  # 5 only as a digit of another number is not the operand
+    ("", False),
+])
+def test_restates_needs_every_operand_as_a_number(response, expected):
+    assert behaviour.restates("What is 17 + 5? Answer with just the number.", response) is expected
+
+
+def test_behaviour_reads_only_late_rollouts_and_the_logged_reward():
+    def rec(step, response, reward):
+        return {"step": step, "prompt_messages": [{"role": "user", "content": "What is 3 + 4?"}],
+                "response": response, "reward": reward, "response_ids": list(range(len(response.split())))}
+
+    records = [rec(5, "no idea", 0.0), rec(20, "3 + 4 = 7", 1.0), rec(21, "3 + 4 = 8", 0.0), rec(22, "7", 1.0)]
+    b = behaviour.behaviour(records, from_step=20)
+    assert (b["rollouts"], b["steps"]) == (3, [20, 21, 22])
+    assert b["restates"] == pytest.approx(2 / 3) and b["correct"] == pytest.approx(2 / 3)
+    assert b["response_tokens"] == pytest.approx((5 + 5 + 1) / 3)
+    with pytest.raises(ValueError, match="step >= 30"):
+        behaviour.behaviour(records, from_step=30)
