@@ -54,11 +54,11 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|")
     for run in args.runs:
         path = run / "rollouts.jsonl"
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        try:
+        try:  # a missing or torn log is one line naming the file, not a traceback
+            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             b = behaviour(records, args.from_step)
-        except ValueError as e:
-            raise SystemExit(f"{path}: {e}") from None
+        except (OSError, ValueError, KeyError) as e:
+            raise SystemExit(f"{path}: {type(e).__name__}: {e}") from None
         print(f"| {run} | {b['rollouts']} | {b['restates']:.2f} | {b['correct']:.2f} | {b['response_tokens']:.1f} |")
 
 
