@@ -282,6 +282,23 @@ def test_a_run_that_differs_only_in_threads_is_not_refused(study_dir):
         run(path, [])
 
 
+REPO = Path(__file__).parents[1]
+STUDY_FILES = sorted(REPO.glob("study/*.yaml"))
+
+
+@pytest.mark.parametrize("path", STUDY_FILES, ids=[p.stem for p in STUDY_FILES])
+def test_the_committed_studies_still_describe_their_committed_runs(path, monkeypatch):
+    """STUDY.md's figures come from the run directories under study/runs/ and are reproduced by
+    `credit sweep study/<name>.yaml`. A config default or field changed since (or a study file edited)
+    would make that command mean other settings than the ones measured: check_configs refuses it."""
+    monkeypatch.chdir(REPO)  # study files name their base config and run folders from the repo root
+    study = sweep.load_study(path)
+    specs = sweep.expand(study)
+    made = [s for s in specs if (s.out_dir / "config.yaml").is_file()]
+    assert made, f"{path}: no committed run directory (study/runs/...) to check against"
+    sweep.check_configs(study, specs)
+
+
 # ----------------------------------------------------------------------------- the aggregate
 
 
