@@ -286,6 +286,10 @@ REPO = Path(__file__).parents[1]
 STUDY_FILES = sorted(REPO.glob("study/*.yaml"))
 
 
+def test_the_committed_study_files_are_found():
+    assert {p.stem for p in STUDY_FILES} >= {"addition", "addition-explore", "multiplication"}
+
+
 @pytest.mark.parametrize("path", STUDY_FILES, ids=[p.stem for p in STUDY_FILES])
 def test_the_committed_studies_still_describe_their_committed_runs(path, monkeypatch):
     """STUDY.md's figures come from the run directories under study/runs/ and are reproduced by
