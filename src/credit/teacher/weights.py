@@ -86,6 +86,14 @@ class Teacher:
         else:  # live
             yield student
 
+    @contextlib.contextmanager
+    def modules(self, student):
+        """The teacher as a linear mix of forwards: yields [(module, weight), ...] whose teacher logits are
+        Σ weight · logits(module) (one pair, weight 1, except trust_region: (1−r)·z_ref + r·z_θ).
+        A caller that computes log-probs from hidden states chunk by chunk mixes the heads' outputs per chunk."""
+        with self._weights(student) as module:
+            yield [(module, 1.0 - self.rate), (student, self.rate)] if self.kind == "trust_region" else [(module, 1.0)]
+
     @torch.no_grad()
     def response_logits(self, student, packed: Packed) -> torch.Tensor:
         """Teacher logits predicting each response token: (N, R, V)."""
