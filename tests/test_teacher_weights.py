@@ -16,7 +16,7 @@ import torch
 
 from credit.models import tiny_model
 from credit.scoring import pack, response_logits
-from credit.teacher.weights import Teacher
+from credit.teacher.weights import LoraFrozenTeacher, build_teacher
 
 RATE = 0.1
 
@@ -72,7 +72,7 @@ def _ulp_bound(dtype: torch.dtype, *tensors: torch.Tensor, ulps: float = 4.0) ->
 
 def test_ema_update_is_the_formula(tiny_tokenizer):
     student = _model(tiny_tokenizer)
-    teacher = Teacher("ema", RATE, student)
+    teacher = build_teacher("ema", RATE, student)
     before = {n: p.detach().double().clone() for n, p in teacher.ref.named_parameters()}
     for step in range(3):  # θ_T ← (1−r)·θ_T + r·θ, three times with a different θ each
         _perturb(student, seed=step)
@@ -89,7 +89,7 @@ def test_ema_update_is_the_formula(tiny_tokenizer):
 
 def test_ema_teacher_logits_are_those_of_its_weights(tiny_tokenizer, packed):
     student = _model(tiny_tokenizer)
-    teacher = Teacher("ema", RATE, student)
+    teacher = build_teacher("ema", RATE, student)
     _perturb(student, seed=1)
     teacher.update(student)
     twin = copy.deepcopy(teacher.ref)  # the same weights, the same computation: bit equality
@@ -101,7 +101,7 @@ def test_ema_teacher_logits_are_those_of_its_weights(tiny_tokenizer, packed):
 def test_frozen_teacher_keeps_the_initial_weights(tiny_tokenizer, packed):
     student = _model(tiny_tokenizer)
     initial = _frozen_copy(student)
-    teacher = Teacher("frozen", RATE, student)  # a rate given to frozen is ignored
+    teacher = build_teacher("frozen", RATE, student)  # a rate given to frozen is ignored
     _perturb(student, seed=2)
     teacher.update(student)
     with torch.no_grad():
@@ -111,8 +111,8 @@ def test_frozen_teacher_keeps_the_initial_weights(tiny_tokenizer, packed):
 
 def test_live_teacher_is_the_student(tiny_tokenizer, packed):
     student = _model(tiny_tokenizer)
-    teacher = Teacher("live", RATE, student)
-    assert teacher.ref is None and teacher.state_dict() == {}  # no copy kept
+    teacher = build_teacher("live", RATE, student)
+    assert not hasattr(teacher, "ref") and teacher.state_dict() == {}  # no copy kept
     _perturb(student, seed=3)
     with torch.no_grad():
         assert torch.equal(teacher.response_logits(student, packed), response_logits(student, packed))
@@ -122,7 +122,7 @@ def test_trust_region_logits_are_the_mixture(tiny_tokenizer, packed):
     # float64 model: the mixture is compared with (1−r)·z_ref + r·z_θ written out, to a few ulps
     student = _model(tiny_tokenizer, dtype="float64")
     initial = _frozen_copy(student)
-    teacher = Teacher("trust_region", RATE, student)
+    teacher = build_teacher("trust_region", RATE, student)
     _perturb(student, seed=4)
     teacher.update(student)  # a no-op for trust_region: z_ref stays the initial model's
     with torch.no_grad():
@@ -139,7 +139,7 @@ def test_bf16_ema_accumulates_in_float32(tiny_tokenizer):
     follows θ_T + (1 − (1−r)^n)·(θ − θ_T), rounded to bf16 once."""
     rate, steps = 0.05, 20
     student = _model(tiny_tokenizer, dtype="bfloat16")
-    teacher = Teacher("ema", rate, student)
+    teacher = build_teacher("ema", rate, student)
     start = {n: p.detach().double().clone() for n, p in teacher.ref.named_parameters()}
     with torch.no_grad():
         for p in student.parameters():
@@ -161,14 +161,14 @@ def test_bf16_ema_accumulates_in_float32(tiny_tokenizer):
 def test_ema_state_dict_round_trip(tiny_tokenizer, packed, dtype):
     student = _model(tiny_tokenizer, dtype=dtype)
     initial = copy.deepcopy(student)
-    teacher = Teacher("ema", RATE, student)
+    teacher = build_teacher("ema", RATE, student)
     for step in range(2):
         _perturb(student, seed=10 + step)
         teacher.update(student)
     buf = io.BytesIO()
     torch.save(teacher.state_dict(), buf)  # as a checkpoint does
     buf.seek(0)
-    resumed = Teacher("ema", RATE, copy.deepcopy(initial))  # a resume builds θ_T from the initial model
+    resumed = build_teacher("ema", RATE, copy.deepcopy(initial))  # a resume builds θ_T from the initial model
     resumed.load_state_dict(torch.load(buf, weights_only=True))
     _assert_identical(resumed.ref, teacher.ref.state_dict())
     # the accumulator too: the next update lands on the same weights
@@ -201,7 +201,7 @@ def _adapters(model) -> dict[str, torch.Tensor]:
 
 def test_lora_ema_teacher_leaves_the_student_bit_identical(tiny_tokenizer, packed):
     student, _ = _lora(tiny_tokenizer)
-    teacher = Teacher("ema", RATE, student)
+    teacher = build_teacher("ema", RATE, student)
     _perturb(student, seed=5, scale=0.2, only_trainable=True)  # the student's adapters move on
     teacher.update(student)
     before = _snapshot(student)
@@ -217,24 +217,24 @@ def test_lora_ema_teacher_leaves_the_student_bit_identical(tiny_tokenizer, packe
 def test_lora_ema_teacher_is_the_student_with_ema_adapters(tiny_tokenizer, packed):
     student, _ = _lora(tiny_tokenizer)
     start = {n: t.double() for n, t in _adapters(student).items()}
-    teacher = Teacher("ema", RATE, student)
+    teacher = build_teacher("ema", RATE, student)
     _perturb(student, seed=6, scale=0.2, only_trainable=True)
     teacher.update(student)
     now = _adapters(student)
-    for n, ema in teacher.ema_adapters.items():  # θ_T ← (1−r)·θ_T + r·θ over the adapters only
+    for n, ema in teacher.ema_adapters(student).items():  # θ_T ← (1−r)·θ_T + r·θ over the adapters only
         expected = (1 - RATE) * start[n] + RATE * now[n].double()
         assert bool(((ema.double() - expected).abs() <= _ulp_bound(torch.float32, start[n], now[n])).all()), n
     twin = copy.deepcopy(student)  # the student with the EMA adapters written in: the same computation
     with torch.no_grad():
         for n, p in twin.named_parameters():
             if p.requires_grad:
-                p.copy_(teacher.ema_adapters[n])
+                p.copy_(teacher.ema_adapters(student)[n])
         assert torch.equal(teacher.response_logits(student, packed), response_logits(twin, packed))
 
 
 def test_lora_ema_restores_the_student_when_the_teacher_pass_fails(tiny_tokenizer, packed):
     student, _ = _lora(tiny_tokenizer)
-    teacher = Teacher("ema", RATE, student)
+    teacher = build_teacher("ema", RATE, student)
     _perturb(student, seed=7, scale=0.2, only_trainable=True)
     teacher.update(student)
     before = _snapshot(student)
@@ -248,8 +248,8 @@ def test_lora_ema_restores_the_student_when_the_teacher_pass_fails(tiny_tokenize
 
 def test_lora_frozen_teacher_is_the_base_model(tiny_tokenizer, packed):
     student, base = _lora(tiny_tokenizer)
-    teacher = Teacher("frozen", RATE, student)
-    assert teacher.ref is None and teacher.ema_adapters is None  # no copy under LoRA
+    teacher = build_teacher("frozen", RATE, student)
+    assert isinstance(teacher, LoraFrozenTeacher) and not hasattr(teacher, "ref")  # no copy under LoRA
     before = _snapshot(student)
     with torch.no_grad():
         z_teacher = teacher.response_logits(student, packed)
@@ -259,23 +259,43 @@ def test_lora_frozen_teacher_is_the_base_model(tiny_tokenizer, packed):
 
 
 def test_lora_ema_state_dict_round_trip(tiny_tokenizer, packed):
+    """The EMA adapter is part of the student's own state dict: a resume that loads the student's
+    state into a fresh student with a fresh teacher has the same teacher."""
     student, _ = _lora(tiny_tokenizer)
     initial = copy.deepcopy(student)
-    teacher = Teacher("ema", RATE, student)
+    teacher = build_teacher("ema", RATE, student)
     _perturb(student, seed=8, scale=0.2, only_trainable=True)
     teacher.update(student)
     buf = io.BytesIO()
-    torch.save(teacher.state_dict(), buf)
+    torch.save(student.state_dict(), buf)
     buf.seek(0)
-    resumed = Teacher("ema", RATE, initial)
-    resumed.load_state_dict(torch.load(buf, weights_only=True))
-    assert resumed.ema_adapters.keys() == teacher.ema_adapters.keys()
-    assert all(torch.equal(resumed.ema_adapters[n], t) for n, t in teacher.ema_adapters.items())
+    resumed = build_teacher("ema", RATE, initial)
+    initial.load_state_dict(torch.load(buf, weights_only=True))
+    ema, ema_resumed = teacher.ema_adapters(student), resumed.ema_adapters(initial)
+    assert ema.keys() == ema_resumed.keys() and len(ema) > 0
+    assert all(torch.equal(ema_resumed[n], t) for n, t in ema.items())
     with torch.no_grad():
-        assert torch.equal(resumed.response_logits(student, packed), teacher.response_logits(student, packed))
+        assert torch.equal(resumed.response_logits(initial, packed), teacher.response_logits(student, packed))
+
+
+def test_lora_ema_teacher_pass_keeps_the_students_graph(tiny_tokenizer, packed):
+    """Logit mode runs the teacher between the student's forward and its backward: the teacher pass
+    must not write any weight the student's graph saved (the old in-place adapter swap failed here)."""
+    student, _ = _lora(tiny_tokenizer)
+    teacher = build_teacher("ema", RATE, student)
+    _perturb(student, seed=9, scale=0.2, only_trainable=True)
+    teacher.update(student)
+    student.train()
+    z = response_logits(student, packed)
+    z_teacher = teacher.response_logits(student, packed)
+    (z - z_teacher).pow(2).mean().backward()
+    grads = [p.grad for p in student.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    frozen = [n for n, p in student.named_parameters() if "credit_ema" in n]
+    assert frozen and all(p.grad is None for n, p in student.named_parameters() if "credit_ema" in n)
 
 
 def test_lora_trust_region_is_refused(tiny_tokenizer):
     student, _ = _lora(tiny_tokenizer)
     with pytest.raises(ValueError, match="trust_region teacher with LoRA"):
-        Teacher("trust_region", RATE, student)
+        build_teacher("trust_region", RATE, student)

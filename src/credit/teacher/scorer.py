@@ -9,7 +9,6 @@ import torch
 
 from credit.scoring import Packed
 from credit.signal import token_logprobs
-from credit.teacher.weights import Teacher
 
 
 class TeacherScorer:
@@ -20,7 +19,7 @@ class TeacherScorer:
     rows ``[c | c^(1) | … | c^(K)]`` attributes each micro-batch's time by its rows.
     """
 
-    def __init__(self, teacher: Teacher, student, temperature: float, micro_batch: int):
+    def __init__(self, teacher, student, temperature: float, micro_batch: int):
         self.teacher, self.student, self.temperature, self.micro = teacher, student, temperature, micro_batch
         self.seconds = {"teacher": 0.0, "negatives": 0.0}
 

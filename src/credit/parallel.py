@@ -1,0 +1,173 @@
+"""Several processes: data parallel (DDP, through accelerate) or sharded (PyTorch's own FSDP2).
+
+``parallel: fsdp`` shards the student (and a full-weight teacher copy) with
+``torch.distributed.fsdp.fully_shard``, per decoder layer and then the root, as torchtitan does. It is
+PyTorch's, not accelerate's FSDP plugin, because that plugin refuses CPU processes: the same code runs
+on GPUs (NCCL) and in the tests on CPU processes (gloo). The loop never asks whether a model is
+sharded; it calls the few functions here, which are no-ops for an unsharded model:
+
+- ``gathered(*modules)``: the full weights for a block of no-grad forwards (a rollout, an evaluation,
+  the teacher's passes). Inside, forwards run no collective at all, so a rank whose responses end
+  first can leave its decode loop while the others go on (no per-token all-gather, no hang).
+  Entering and leaving are the collectives, and every rank enters each block once.
+- ``full_state_dict`` / ``load_full_state_dict``: the whole state gathered to rank 0 (checkpoints,
+  ``final/``), and each rank's shard cut back out of it on resume.
+- ``reduce_metrics``: a step's metrics averaged over ranks (one collective per step).
+
+Collectives time out (``dist_timeout_s``, the process group's timeout): a rank that enters a
+collective the others never reach fails with an error naming the stage (``stage``), not a hang.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks to shard one by one: modules whose class a transformers model names in
+    ``_no_split_modules`` (LlamaDecoderLayer, Qwen3DecoderLayer, ...), found under a peft wrapper too."""
+    names: set[str] = set()
+    for m in model.modules():
+        names.update(getattr(m, "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(f"parallel=fsdp: {type(model).__name__} names no decoder layer class (_no_split_modules); "
+                         "it cannot be sharded per layer; use parallel=ddp")
+    return layers
+
+
+def shard(model: torch.nn.Module, compute_dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """``fully_shard`` per decoder layer, then the root (embeddings, final norm, head). Parameters stay in
+    their own dtype (fp32 masters) and are gathered in ``compute_dtype`` (bf16 under mixed precision);
+    gradients are reduced in fp32. In place; returns the model."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32 if compute_dtype else None)
+    for layer in decoder_layers(model):
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model
+
+
+def _units(module: torch.nn.Module) -> list:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in module.modules() if isinstance(m, FSDPModule)]
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    return bool(_units(module))
+
+
+_gathered: dict[int, int] = {}  # id(FSDP unit) -> how many ``gathered`` blocks hold it now
+
+
+@contextlib.contextmanager
+def gathered(*modules: torch.nn.Module) -> Iterator[None]:
+    """Every FSDP unit of ``modules`` unsharded for the block, and kept so across its forwards (no
+    reshard after each, hence no collective inside the block). Re-entrant: an inner block over a
+    module an outer block holds does nothing. A no-op for unsharded modules."""
+    units = [u for m in modules for u in _units(m) if not _gathered.get(id(u))]
+    for u in units:
+        _gathered[id(u)] = 1
+        u.unshard()
+        u.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for u in units:
+            u.set_reshard_after_forward(True, recurse=False)
+            u.reshard()
+            _gathered.pop(id(u), None)
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded (DTensor) parameter; the tensor itself otherwise."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def full(t):
+    """The whole value of a DTensor (a collective); anything else as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's whole state dict on CPU: on rank 0 when sharded (empty elsewhere; every rank must
+    call it), the plain ``state_dict`` otherwise."""
+    if not is_sharded(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a whole state dict (every rank holds it): a sharded model keeps its own shard of each tensor."""
+    if not is_sharded(model):
+        model.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+
+
+def optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """AdamW's state keyed as ``optimizer.state_dict()`` keys it, whole tensors (on rank 0 when sharded)."""
+    if not is_sharded(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    if not is_sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def reduce_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """Each metric averaged over the ranks that report it (one collective; every rank calls it)."""
+    if world_size() == 1:
+        return metrics
+    parts: list[dict[str, float]] = [{} for _ in range(world_size())]
+    dist.all_gather_object(parts, metrics)
+    keys = list(dict.fromkeys(k for p in parts for k in p))
+    return {k: sum(p[k] for p in parts if k in p) / sum(k in p for p in parts) for k in keys}
+
+
+class CollectiveError(RuntimeError):
+    """A collective failed or timed out: the ranks disagreed on what to run (a bug), or one died."""
+
+
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Name the stage in the error when a collective inside it times out or fails on another rank."""
+    try:
+        yield
+    except CollectiveError:
+        raise
+    except (RuntimeError, dist.DistError) as e:
+        if world_size() == 1 or not _collective_failure(e):
+            raise
+        rank = dist.get_rank()
+        raise CollectiveError(f"rank {rank}: a collective failed during {name} ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:300]}); the ranks ran different collectives "
+                              "or another rank died: see the other ranks' errors") from e
+
+
+def _collective_failure(e: BaseException) -> bool:
+    text = f"{type(e).__name__} {e}".lower()
+    return any(s in text for s in ("timed out", "timeout", "connection closed", "connection reset", "gloo",
+                                   "nccl", "peer", "disterror", "broken pipe"))
