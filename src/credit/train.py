@@ -42,7 +42,7 @@ from credit.signal import token_logprobs
 from credit.tasks import Example, build_task
 from credit.teacher import build_negative_contexts, build_teacher_contexts, problem_keys, sample_negative_groups
 from credit.teacher.scorer import TeacherScorer
-from credit.teacher.weights import Teacher
+from credit.teacher.weights import build_teacher
 from credit.threads import ThreadPolicy
 
 
@@ -104,7 +104,7 @@ class Trainer:
         self.method = build_method(cfg)
         # θ_T from the initial weights; GRPO never asks a teacher, so it keeps no copy ("live" holds nothing)
         teacher_kind = cfg.teacher.kind if self.method.uses_teacher else "live"
-        self.teacher = Teacher(teacher_kind, cfg.teacher.update_rate, model, self.share_prefix)
+        self.teacher = build_teacher(teacher_kind, cfg.teacher.update_rate, model, self.share_prefix)
         o = cfg.optim
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
