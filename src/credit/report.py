@@ -202,7 +202,7 @@ def plot_metric(ax, groups: Sequence[RunGroup], key: str) -> None:
 
 def build_figures(groups: Sequence[RunGroup]) -> dict[str, Any]:
     """One matplotlib figure per panel that has data: ``{stem: Figure}``; one subplot per metric."""
-    import matplotlib.pyplot as plt
+    plt = viz.pyplot()  # matplotlib on the Agg backend, loaded only when a report draws
 
     figs = {}
     for stem, title, keys in PANELS:

@@ -14,15 +14,25 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")  # never open a window; safe on headless machines and in tests
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+from typing import TYPE_CHECKING
 
 # UserError and cli_entry live in credit.errors; imported here for callers of their old home
-from credit.errors import UserError, cli_entry  # noqa: E402, F401
+from credit.errors import UserError, cli_entry  # noqa: F401
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def pyplot():
+    """matplotlib's pyplot, imported on first use (the commands that draw nothing, train and bench, never
+    load matplotlib) on the Agg backend: never open a window; safe on headless machines and in tests."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
 
 # Diverging scale: negative values red, positive blue, zero white (the RdBu convention).
 NEGATIVE_RGB = (178, 24, 43)
@@ -187,6 +197,7 @@ def heat_strip(
     blocks = max(1, math.ceil(n_tok / max_per_line))
     width = min(n_tok, max_per_line)
     limits = [color_scale(list(r)) for r in data]
+    plt = pyplot()
     fig, axes = plt.subplots(blocks, 1, figsize=(max(6.0, 0.32 * width + 1.5), (0.45 * len(names) + 0.9) * blocks),
                              squeeze=False)
     for b in range(blocks):
@@ -215,4 +226,4 @@ def heat_strip(
 
 
 def close(fig: Figure) -> None:
-    plt.close(fig)
+    pyplot().close(fig)
