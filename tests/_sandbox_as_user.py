@@ -2,16 +2,21 @@
 
 Started as root, it gives root up for good before it reads a job:
 
-- the interpreter may live under a directory only root may enter (pyenv in /root, mode 0700): in a
-  private mount namespace an empty tmpfs covers that directory and the interpreter's tree is bound
-  back, so nobody can start Python (what a user with their own interpreter has anyway);
+- the interpreter may live under a directory only root may enter (pyenv in /root, mode 0700), and
+  so may the checkout with its virtual environment (a clone inside ``mktemp -d``, mode 0700): in a
+  private mount namespace an empty tmpfs covers each such directory and the interpreter's tree and
+  the virtual environment (its packages and the data they ship) are bound back, so nobody can start
+  Python and read the installed files (what a user with their own install has anyway), wherever
+  the checkout sits;
 - with ``--no-userns`` it first enters an identity-mapped user namespace whose limit on nested user
   namespaces is 0: a machine where an ordinary user cannot create one (a sysctl, AppArmor, seccomp);
 - then ``setgroups([])``, ``setresgid``/``setresuid`` to nobody, which clears every capability.
 
 Protocol: one JSON job per stdin line ``{"code", "stdin", "files", "limits", "namespaces", "env"}``;
 one JSON line per job on stdout: ``{"result": {RunResult fields}, "warnings": [...]}`` or
-``{"error": "Type: message", "warnings": [...]}``.
+``{"error": "Type: message", "warnings": [...]}``. A line ``{"probe": [paths]}`` asks, outside any
+sandbox, whether nobody can read each path here: ``{"probe": {path: null or why not}}`` (a test's
+check of its own premise).
 """
 
 from __future__ import annotations
@@ -74,10 +79,30 @@ def _enter_identity_userns_without_nesting() -> None:
         f.write("0")
 
 
-def _expose_interpreter() -> None:
+def _unreadable(path: str) -> str | None:
+    """Why this process cannot read ``path`` (None if it can), naming a directory closed to others."""
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+        return None
+    except OSError as e:
+        why = f"{e.strerror} (errno {e.errno})"
+    try:
+        closed = _first_blocker(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        closed = None
+    if closed is not None:
+        st = os.stat(closed)
+        why += f"; {closed} (mode {st.st_mode & 0o7777:04o}, owner uid {st.st_uid}) is closed to other users"
+    return why
+
+
+def _expose_install() -> None:
     _check(libc.unshare(ctypes.c_int(CLONE_NEWNS)), "unshare(CLONE_NEWNS)")
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    trees = sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix)})
+    # the base interpreter, and the virtual environment this helper runs from (sys.prefix)
+    prefixes = (sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix)
+    trees = sorted({os.path.realpath(p) for p in prefixes})
     blocked = {t: _first_blocker(t) for t in trees}
     fds = {t: os.open(t, os.O_PATH | os.O_DIRECTORY) for t, b in blocked.items() if b}
     for b in sorted({b for b in blocked.values() if b}):
@@ -93,7 +118,7 @@ def main() -> None:
         sys.exit("run me as root: I drop to nobody myself")
     if "--no-userns" in sys.argv:
         _enter_identity_userns_without_nesting()
-    _expose_interpreter()
+    _expose_install()
     os.setgroups([])
     os.setresgid(NOBODY, NOBODY, NOBODY)
     os.setresuid(NOBODY, NOBODY, NOBODY)
@@ -101,6 +126,9 @@ def main() -> None:
     os.chdir("/")
     for line in sys.stdin:
         job = json.loads(line)
+        if "probe" in job:
+            print(json.dumps({"probe": {p: _unreadable(p) for p in job["probe"]}}), flush=True)
+            continue
         os.environ.update(job.get("env", {}))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

