@@ -170,6 +170,38 @@ def encode_prompts(tokenizer, conversations: Sequence[Sequence[dict[str, str]]],
     return out
 
 
+def position_limit(model) -> int | None:
+    """The longest sequence ``model`` has positions for (``max_position_embeddings``, GPT-2's
+    ``n_positions``), or None when its config names no limit."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        limit = getattr(config, name, None)
+        if isinstance(limit, int) and limit > 0:
+            return limit
+    return None
+
+
+def check_prompt_lengths(tokenizer, model, task, max_new_tokens: int,
+                         chat_template_kwargs: dict | None = None) -> None:
+    """Every train and test prompt of ``task``, encoded as the loop encodes it (``encode_prompts``
+    with ``chat_template_kwargs``), plus ``max_new_tokens`` must fit the model's positions: else a
+    ``ValueError`` naming the first example that does not, its length and the limit. Checked once,
+    before any step, because a prompt past the limit fails deep inside a forward pass (an index error
+    of the position embedding) or is silently scored at positions the model never learned."""
+    limit = position_limit(model)
+    if limit is None:
+        return
+    for split in ("train", "test"):
+        examples = task.examples(split)
+        for ex, ids in zip(examples, encode_prompts(tokenizer, [e.messages for e in examples],
+                                                    chat_template_kwargs=chat_template_kwargs)):
+            if len(ids) + max_new_tokens > limit:
+                raise ValueError(
+                    f"{split} example {ex.id!r}: its prompt is {len(ids)} tokens, and with rollout.max_new_tokens="
+                    f"{max_new_tokens} a rollout needs {len(ids) + max_new_tokens} positions; the model has "
+                    f"{limit} (max_position_embeddings). Drop or shorten that prompt, or lower rollout.max_new_tokens")
+
+
 def _eos_ids(model, tokenizer) -> list[int]:
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if eos is None:

@@ -36,7 +36,7 @@ from credit.evaluate import evaluate, headline
 from credit.logging import RunLogger, rollout_records
 from credit.methods import Micro, StepBatch, build_method
 from credit.models import load_model
-from credit.rollout import SamplingConfig, encode_prompts, sample
+from credit.rollout import SamplingConfig, check_prompt_lengths, encode_prompts, sample
 from credit.scoring import pack, response_logits, response_logprobs
 from credit.signal import token_logprobs
 from credit.tasks import Example, build_task
@@ -90,6 +90,7 @@ class Trainer:
             raise ValueError(f"task '{cfg.task.name}' has no training examples")
         master = "float64" if cfg.model.dtype == "float64" else "float32"
         model, self.tok = load_model(cfg.model.name, dtype=master, cache_dir=cfg.model.cache_dir)
+        check_prompt_lengths(self.tok, model, self.task, cfg.rollout.max_new_tokens, cfg.model.chat_template_kwargs)
         if cfg.model.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         # a checkpointed model in train mode drops the KV cache that prefix sharing passes through it
