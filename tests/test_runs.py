@@ -38,7 +38,7 @@ def one_error_line(capsys, command="train") -> str:
 
 
 def test_an_existing_run_is_refused_with_the_fix(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text("")
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n')
     with pytest.raises(UserError, match=r"already holds a run \(metrics.jsonl\).*--resume.*--overwrite.*out_dir="):
         runs.prepare_run_dir(tmp_path, resume=False, overwrite=False)
     runs.prepare_run_dir(tmp_path, resume=True, overwrite=False)
@@ -51,9 +51,9 @@ def test_an_existing_run_is_refused_with_the_fix(tmp_path):
 def test_overwrite_removes_only_what_a_run_writes(tmp_path):
     for name in ("metrics.jsonl", "summary.json", "config.yaml", "checkpoint.pt", ".summary.json.tmp"):
         (tmp_path / name).write_text("x")
-    for d in ("final", "checkpoints", "tb"):
+    for d, f in (("final", "model.safetensors"), ("checkpoints", "step-000001.pt"), ("tb", "events.out.tfevents.1")):
         (tmp_path / d).mkdir()
-        (tmp_path / d / "f").write_text("x")
+        (tmp_path / d / f).write_text("x")
     (tmp_path / "notes.md").write_text("mine")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.jsonl").write_text("mine")

@@ -23,6 +23,8 @@ class RunLogger:
         self.tb = self.wandb = None
         if not main:
             return
+        if cfg.log.wandb:  # a missing package is found before any file is made
+            require_wandb()
         self.out.mkdir(parents=True, exist_ok=True)
         # a resumed run drops what the crashed run logged after its last checkpoint (and a torn last line)
         for name in ("metrics.jsonl", "rollouts.jsonl"):
@@ -99,13 +101,20 @@ class _Appender:
         self.file.close()
 
 
-def _wandb_run(out: Path, cfg: TrainConfig, resumed: bool):
-    """A W&B run named after the config; its id is kept in ``out/wandb-run-id`` so that ``--resume``
-    continues the same W&B run instead of starting a second one."""
+def require_wandb():
+    """The wandb module, or a one-line error saying how to get it. ``log.wandb`` is an optional
+    integration: call this before the model loads (config time), not after minutes of loading."""
     try:
         import wandb
     except ImportError:
         raise UserError("log.wandb=true needs the wandb package: `pip install wandb` (or set log.wandb=false)") from None
+    return wandb
+
+
+def _wandb_run(out: Path, cfg: TrainConfig, resumed: bool):
+    """A W&B run named after the config; its id is kept in ``out/wandb-run-id`` so that ``--resume``
+    continues the same W&B run instead of starting a second one."""
+    wandb = require_wandb()
     lc = cfg.log
     id_file = out / "wandb-run-id"
     run_id = id_file.read_text().strip() if resumed and id_file.is_file() else None

@@ -2,8 +2,9 @@
 that can continue it, and stopped by Ctrl-C or SIGTERM with a checkpoint instead of a traceback.
 
 ``train()`` calls, in this order:
-  1. ``prepare_run_dir``   an existing run (metrics.jsonl, checkpoint.pt or summary.json) is refused
-                           unless ``--resume`` or ``--overwrite`` says what to do with it;
+  1. ``prepare_run_dir``   an existing run (a logged line in metrics.jsonl, checkpoint.pt or summary.json)
+                           is refused unless ``--resume`` or ``--overwrite`` says what to do with it, and
+                           an out_dir that cannot be written is named, before any model loads;
   2. ``load_resume``       the checkpoint to continue from (``--resume`` or ``--resume PATH``);
   3. ``reconcile``         the saved config against the new one: what cannot apply is refused, the
                            rest is applied and listed (``optim.lr/betas/weight_decay`` are restored
@@ -23,6 +24,8 @@ Policy on a changed config at resume (decided once, here, and written to ``run.l
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import json
 import os
 import random
@@ -36,11 +39,23 @@ from typing import Any
 from credit import checkpoint
 from credit.errors import UserError
 
-#: A directory holding any of these holds a run.
+#: A directory holding any of these holds a run (the logs only once they hold a line: a run that failed
+#: before its first step leaves empty ones, and they must not block the retry).
 RUN_MARKERS = ("metrics.jsonl", "checkpoint.pt", "summary.json")
-#: Everything a run writes into out_dir; ``--overwrite`` removes these and nothing else.
-RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "rollouts.jsonl", "summary.json", "checkpoint.pt", "checkpoints",
-               "checkpoint-best.pt", "final", "tb", "wandb", "run.log", "wandb-run-id")
+#: What a run writes into out_dir; ``--overwrite`` removes these and nothing else. A folder's entry
+#: names the files inside it that a run writes (glob patterns): anything else there stays.
+RUN_OUTPUTS: dict[str, tuple[str, ...] | None] = {
+    "config.yaml": None, "metrics.jsonl": None, "rollouts.jsonl": None, "summary.json": None,
+    "checkpoint.pt": None, "checkpoint-best.pt": None, "run.log": None, "wandb-run-id": None,
+    "checkpoints": ("step-*.pt", ".*.tmp"),
+    "tb": ("events.out.tfevents.*",),
+    "wandb": ("run-*", "offline-run-*", "latest-run", "debug*.log"),
+    # save_pretrained of a model, its LoRA adapters and its tokenizer
+    "final": ("config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+              "pytorch_model*.bin", "adapter_config.json", "adapter_model.*", "README.md", "tokenizer*",
+              "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
+              "chat_template.jinja", "chat_template.json"),
+}
 
 #: Config keys (or key prefixes) a resumed run cannot change, with the reason the user is shown.
 REFUSED_CHANGES = {
@@ -74,13 +89,44 @@ def note(out: Path | None, message: str) -> None:
 # ----------------------------------------------------------------------------- 1. the run directory
 
 
+def _holds_a_line(path: Path) -> bool:
+    """Whether a log file holds anything but whitespace (its first 4 KiB are enough to tell)."""
+    with open(path, "rb") as f:
+        return bool(f.read(4096).strip())
+
+
 def existing_run(out: Path) -> list[str]:
-    """The run files in ``out`` (empty: no run there)."""
-    return [name for name in RUN_MARKERS if (out / name).exists()] if out.is_dir() else []
+    """The run files in ``out`` (empty: no run there). A run begins with its first logged line: the
+    empty logs of a run that failed before it (a raising reward, a missing package) are no run."""
+    if not out.is_dir():
+        return []
+    return [name for name in RUN_MARKERS if (out / name).is_file()
+            and (not name.endswith(".jsonl") or _holds_a_line(out / name))]
+
+
+def check_writable(out: Path) -> None:
+    """Create ``out`` (and its parents) and write a file in it, or say in one line that out_dir cannot be
+    written; folders made only for the check are removed again. Done before any model loads: the first
+    write of a run comes after minutes of loading, and its error would name a file, not out_dir."""
+    missing = [p for p in (out, *out.parents) if not p.exists()]
+    probe = out / f".credit-write-check.{os.getpid()}.tmp"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename and str(e.filename) != str(out) else ""
+        raise UserError(f"out_dir={out} cannot be written: {e.strerror or e}{where}; set out_dir to a directory "
+                        "you can write") from None
+    finally:
+        for p in missing:  # innermost first
+            with contextlib.suppress(OSError):
+                p.rmdir()
 
 
 def prepare_run_dir(out: Path, resume: bool | str, overwrite: bool) -> None:
-    """Refuse to write into a directory that holds a run unless ``--resume`` or ``--overwrite`` is given."""
+    """Refuse to write into a directory that holds a run unless ``--resume`` or ``--overwrite`` is given,
+    or into one that cannot be written."""
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other: --resume continues the run in "
                         f"{out}, --overwrite deletes it; give one")
@@ -90,24 +136,50 @@ def prepare_run_dir(out: Path, resume: bool | str, overwrite: bool) -> None:
     if found and not resume and not overwrite:
         raise UserError(f"out_dir={out} already holds a run ({', '.join(found)}); continue it with --resume, "
                         f"replace it with --overwrite, or set out_dir=<another directory>")
+    check_writable(out)
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    else:
+        entry.unlink()
 
 
 def clear_run(out: Path) -> list[str]:
     """Remove what a run writes (``RUN_OUTPUTS`` and our temporary files), nothing else: out_dir may be
-    a directory the user keeps other things in (even ``.``). Returns the names removed."""
-    removed = []
+    a directory the user keeps other things in (even ``.``), and a file of theirs inside ``tb/`` or
+    ``final/`` stays, with its folder. Returns the names removed (``tb/events...`` for a file of a
+    folder that stays)."""
+    removed, kept = [], []
     if not out.is_dir():
         return removed
-    for entry in out.iterdir():
-        ours = entry.name in RUN_OUTPUTS or (entry.name.startswith(".") and entry.name.endswith(".tmp"))
-        if not ours:
+    for entry in sorted(out.iterdir()):
+        name = entry.name
+        if name.startswith(".") and name.endswith(".tmp"):
+            _remove(entry)
+            removed.append(name)
             continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
+        if name not in RUN_OUTPUTS:
+            continue
+        patterns = RUN_OUTPUTS[name]
+        if patterns is None or entry.is_symlink() or not entry.is_dir():
+            _remove(entry)
+            removed.append(name)
+            continue
+        inside = sorted(entry.iterdir())
+        ours = [p for p in inside if any(fnmatch.fnmatch(p.name, pat) for pat in patterns)]
+        for p in ours:
+            _remove(p)
+        if len(ours) == len(inside):
+            entry.rmdir()
+            removed.append(name)
         else:
-            entry.unlink()
-        removed.append(entry.name)
-    return sorted(removed)
+            removed += [f"{name}/{p.name}" for p in ours]
+            kept += [f"{name}/{p.name}" for p in inside if p not in ours]
+    if kept:
+        note(None, f"--overwrite: kept {', '.join(kept)} in {out} (not written by a run)")
+    return removed
 
 
 # ----------------------------------------------------------------------------- 2. what to resume from
@@ -383,10 +455,11 @@ class Interrupts:
 def save_checkpoint(trainer, out: Path, step: int) -> Path:
     """The full state after ``step`` (and the global RNG, for dropout) as the run's latest checkpoint."""
     trainer.acc.wait_for_everyone()
+    state = trainer.state(step)  # every process: a sharded state is gathered to rank 0
     if trainer.acc.is_main_process:
-        state = trainer.state(step)
         state["rng"] = rng_state()
         checkpoint.save(out, state, keep=trainer.cfg.checkpoint_keep)
+    trainer.acc.wait_for_everyone()  # no process runs on before the checkpoint exists
     return out / checkpoint.CHECKPOINT
 
 
@@ -397,20 +470,35 @@ def keep_best(trainer, out: Path, summary: dict, result: dict, step: int) -> Non
     if key is None or (best is not None and result[key] <= best["value"]):
         return
     summary["best"] = {"step": step + 1, "metric": key, "value": result[key], "path": checkpoint.BEST}
+    from credit import parallel
+
     trainer.acc.wait_for_everyone()
+    weights = parallel.full_state_dict(trainer.unwrapped)  # every process (gathered to rank 0 when sharded)
     if trainer.acc.is_main_process:
-        checkpoint.save_best(out, {"step": step, "model": trainer.unwrapped.state_dict(), "eval": result,
+        checkpoint.save_best(out, {"step": step, "model": weights, "eval": result,
                                    "config": trainer.cfg.model_dump(mode="json")})
     write_summary(out, summary, trainer)
 
 
 def save_final(trainer, path: Path) -> None:
-    """``final/``: a Hugging Face folder; with ``model.merge_lora_on_save`` the LoRA adapters are folded
-    into the weights (a plain model that loads without peft) instead of saved alone."""
+    """``final/``: a Hugging Face folder (every process calls this; rank 0 writes). Sharded, the whole
+    weights are gathered to rank 0 first. Under LoRA only the student's adapter is written (not the EMA
+    teacher's); with ``model.merge_lora_on_save`` it is folded into the weights (a plain model that loads
+    without peft)."""
+    from credit import parallel
+
     model = trainer.unwrapped
-    if trainer.cfg.model.lora is not None and trainer.cfg.model.merge_lora_on_save:
+    weights = parallel.full_state_dict(model) if parallel.is_sharded(model) else None
+    if not trainer.acc.is_main_process:
+        return
+    lora = trainer.cfg.model.lora is not None
+    if lora and trainer.cfg.model.merge_lora_on_save:
         model = model.merge_and_unload()  # the run is over: the student may lose its adapters now
-    model.save_pretrained(path)
+        lora = False
+    kwargs = {"selected_adapters": ["default"]} if lora else {}
+    if weights is not None:
+        kwargs["state_dict"] = weights
+    model.save_pretrained(path, **kwargs)
     trainer.tok.save_pretrained(path)
 
 
