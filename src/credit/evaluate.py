@@ -14,7 +14,9 @@
   ``"extracted"`` key at all is voted on by the whitespace-normalized response text.
 
 Generation is batched: every prompt × ``n`` goes through ``credit.rollout.sample`` in micro-batches of
-``batch_size`` sequences; scoring uses the task's ``score_batch``.
+``batch_size`` sequences, one seed per micro-batch drawn from ``seed``; scoring uses the task's
+``score_batch``. ``credit eval --model RUN`` takes the run's task, sampling settings and chat template
+variables from its ``config.yaml``, so it reproduces the run's own held-out figures (``summary.json``).
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ def evaluate(
     stop: Sequence[str] = (),
     chat_template_kwargs: dict | None = None,
     backend: str = "generate",
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``task``'s ``split`` with ``n`` samples per item.
 
@@ -99,7 +102,8 @@ def evaluate(
     ``maj@n`` (floats in [0, 1]), ``num_items``, timing, the settings, ``scorer`` (the task's
     ``scorer_name``: which rule produced the rewards), and ``items`` (per item: id, rewards, correct
     count, the majority answer, None when no sample answered, and its votes). The model's train/eval mode is
-    restored; the global RNG is untouched (sampling is seeded by ``seed``).
+    restored; the global RNG is untouched (sampling is seeded by ``seed``). ``progress``: a bar over
+    the items on a terminal.
     """
     from credit.rollout import SamplingConfig, encode_prompts, sample
 
@@ -110,10 +114,10 @@ def evaluate(
     if not examples:
         raise UserError(f"task {getattr(task, 'name', task)!r} has no examples in split {split!r}")
     cfg = SamplingConfig(num_samples=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                         stop=tuple(stop), micro_batch_size=batch_size, seed=seed, backend=backend)
+                         stop=tuple(stop), micro_batch_size=batch_size, backend=backend)
     t0 = time.perf_counter()
     prompts = encode_prompts(tokenizer, [e.messages for e in examples], chat_template_kwargs=chat_template_kwargs)
-    rollouts = sample(model, tokenizer, prompts, cfg)
+    rollouts = _sample_in_pieces(model, tokenizer, prompts, cfg, seed, progress)
     outcomes = task.score_batch([examples[g] for g in rollouts.group], rollouts.texts)
     seconds = time.perf_counter() - t0
 
@@ -151,6 +155,35 @@ def evaluate(
     return result
 
 
+def _sample_in_pieces(model, tokenizer, prompts, cfg, seed: int, progress: bool):
+    """``sample(..., seed=seed)`` in pieces of whole micro-batches holding whole items, for a progress
+    bar: the pieces draw their per-micro-batch seeds from one generator in the same order, so the
+    samples are those of a single call."""
+    import math
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from credit.rollout import Rollouts, sample
+
+    generator = torch.Generator().manual_seed(seed)  # what sample() makes of cfg.seed=seed
+    n, mb = cfg.num_samples, cfg.micro_batch_size or len(prompts) * cfg.num_samples
+    per_piece = math.lcm(mb, n) // n  # items
+    out = Rollouts([], [], [], [], [], num_samples=n)
+    with tqdm(total=len(prompts), unit="item", desc="eval", leave=False, disable=None if progress else True) as bar:
+        for start in range(0, len(prompts), per_piece):
+            part = sample(model, tokenizer, prompts[start:start + per_piece], cfg, generator=generator)
+            out.prompt_ids += part.prompt_ids
+            out.response_ids += part.response_ids
+            out.truncated += part.truncated
+            out.texts += part.texts
+            out.group += [start + g for g in part.group]
+            out.seconds += part.seconds
+            out.tokens += part.tokens
+            bar.update(len(prompts[start:start + per_piece]))
+    return out
+
+
 def headline(result: dict[str, Any]) -> dict[str, float]:
     """The metric entries only (``mean@n``, ``pass@k``..., ``maj@n``): for logging as ``eval/*``."""
     n = result["n"]
@@ -171,56 +204,73 @@ def print_table(result: dict[str, Any]) -> None:
     console = Console()
     console.print(table)
     console.print(f"{result['seconds']:.1f} s, {result['tokens_per_s']:.0f} tokens/s, mean response "
-                  f"{result['response_len_mean']:.1f} tokens, truncated {result['truncated_frac']:.1%}")
+                  f"{result['response_len_mean']:.1f} tokens (at most {result['max_new_tokens']}), truncated "
+                  f"{result['truncated_frac']:.1%}")
+    if result.get("run_config"):
+        console.print(f"settings from the run config {result['run_config']} (flags override them)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from credit.runfiles import add_common_model_args
+    from credit.runfiles import add_chat_template_arg, add_common_model_args
 
     p = sub.add_parser("eval", help="mean@n, pass@k, maj@n of a model or checkpoint on a task's held-out split",
                        description="Sample n responses per item of a task split (batched), score them, and "
-                                   "report mean@n, unbiased pass@k and maj@n.")
+                                   "report mean@n, unbiased pass@k and maj@n. With --model a run directory (or "
+                                   "its final/ or a checkpoint in it), every option marked 'run:' defaults to "
+                                   "the run's config.yaml, so the run is evaluated as it evaluated itself.")
     add_common_model_args(p)
-    p.add_argument("--task", default="addition", help="task name (default addition)")
-    p.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="task option (repeatable)")
+    d = EVAL_DEFAULTS
+    p.add_argument("--task", help="task name (run: task.name; else addition)")
+    p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
+                   help="task option (repeatable; run: added to task.options)")
     p.add_argument("--split", default="test", help="(default test)")
-    p.add_argument("-n", "--num-samples", type=int, default=4, help="samples per item (default 4)")
+    p.add_argument("-n", "--num-samples", type=int, help=f"samples per item (run: eval.samples; else {d['num_samples']})")
     p.add_argument("-k", type=int, action="append", dest="ks", help="pass@k to report (repeatable; default 1,2,4..n)")
-    p.add_argument("--temperature", type=float, default=0.7, help="(default 0.7)")
+    p.add_argument("--temperature", type=float, help=f"(run: eval.temperature; else {d['temperature']})")
     p.add_argument("--top-p", type=float, default=1.0, help="(default 1.0)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="(default 64)")
-    p.add_argument("--batch-size", type=int, default=64, help="sequences per generate call (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="(default 0)")
-    p.add_argument("--backend", default="generate", choices=["generate", "loop", "static"],
-                   help="how tokens are decoded (credit.rollout; default generate)")
-    p.add_argument("--chat-template-kwargs", type=_mapping, default=None, metavar="YAML",
-                   help="extra chat-template variables, e.g. '{enable_thinking: false}' (as model.chat_template_kwargs)")
-    p.add_argument("--limit", type=int, help="only the first N items")
+    p.add_argument("--max-new-tokens", type=int,
+                   help=f"(run: eval.max_new_tokens, else rollout.max_new_tokens; else {d['max_new_tokens']})")
+    p.add_argument("--batch-size", type=int,
+                   help=f"sequences per generate call; each has its own seed (run: rollout.micro_batch; else {d['batch_size']})")
+    p.add_argument("--seed", type=int, help=f"(run: seed; else {d['seed']})")
+    p.add_argument("--backend", choices=["generate", "loop", "static"],
+                   help=f"how tokens are decoded (credit.rollout; run: rollout.backend; else {d['backend']})")
+    add_chat_template_arg(p)
+    p.add_argument("--limit", type=int, help="only the first N items (run: eval.limit)")
     p.add_argument("--success-threshold", type=float, default=1.0, help="reward counted as correct (default 1.0)")
     p.add_argument("--json", dest="json_out", help="write the full result (with per-item data) as JSON here")
     p.set_defaults(func=run, command="eval")
 
 
-def _mapping(text: str) -> dict:
-    from credit.config import parse_value
+#: ``credit eval``'s defaults when ``--model`` is not a run (the held-out settings of the default config).
+EVAL_DEFAULTS = {"task": "addition", "num_samples": 4, "temperature": 0.7, "max_new_tokens": 64, "batch_size": 64,
+                 "seed": 0, "backend": "generate"}
 
-    value = parse_value(text)
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"{text!r}: give a mapping, e.g. '{{enable_thinking: false}}'")
-    return value
+
+def run_defaults():
+    """Which run setting each option takes: what ``credit.train.evaluate_model`` passes to ``evaluate``."""
+    from credit.runfiles import run_setting
+
+    return {"num_samples": run_setting("eval.samples"), "temperature": run_setting("eval.temperature"),
+            "max_new_tokens": run_setting("eval.max_new_tokens", "rollout.max_new_tokens"),
+            "batch_size": run_setting("rollout.micro_batch"), "seed": run_setting("seed"),
+            "backend": run_setting("rollout.backend"), "limit": run_setting("eval.limit"),
+            "chat_template_kwargs": run_setting("model.chat_template_kwargs")}
 
 
 @viz.cli_entry
 def run(args) -> int:
-    from credit.runfiles import load_model_from_args, parse_task_options
-    from credit.tasks import build_task
+    from credit.runfiles import apply_run_config, load_model_from_args, task_from_args
 
-    task = build_task(args.task, **parse_task_options(args.task_option))
+    run_config = apply_run_config(args, run_defaults(), EVAL_DEFAULTS)
+    task = task_from_args(args)
     model, tokenizer = load_model_from_args(args)
     result = evaluate(model, tokenizer, task, split=args.split, n=args.num_samples, temperature=args.temperature,
                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
                       ks=args.ks, limit=args.limit, success_threshold=args.success_threshold, top_p=args.top_p,
-                      backend=args.backend, chat_template_kwargs=args.chat_template_kwargs)
+                      backend=args.backend, chat_template_kwargs=args.chat_template_kwargs, progress=True)
+    if run_config is not None:
+        result["run_config"] = str(run_config)
     print_table(result)
     if args.json_out:
         viz.write_json(args.json_out, result)

@@ -4,6 +4,12 @@
   directory (its ``final/`` when the run finished, else its ``checkpoint.pt``), or a checkpoint file
   (``checkpoint.pt``, ``checkpoints/step-*.pt``, ``checkpoint-best.pt``): a checkpoint is rebuilt
   from the model name (and LoRA shape) in the config it carries, then its weights are loaded.
+- ``find_run_config`` / ``apply_run_config``: the config of the run ``--model`` points into (its
+  ``config.yaml``, or the copy a checkpoint carries); its settings are the defaults of an analysis
+  command, so a run is evaluated and explained the way it was trained; a flag given overrides them.
+- ``loop_contexts``: one response's student, teacher and negative context ids, made by the builders
+  the training loop uses (``encode_prompts``, ``build_teacher_contexts``, ``build_negative_contexts``)
+  with the run's ``chat_template_kwargs``: analysis scores exactly what training scored.
 - ``read_rollouts`` / ``read_rollout``: a run's ``rollouts.jsonl``, every record validated, every
   problem a one-line ``UserError`` naming the file and line.
 """
@@ -13,11 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from credit.errors import UserError
+from credit.errors import UserError, one_line
 
 Messages = list[dict[str, str]]
 
@@ -108,6 +114,159 @@ def parse_task_options(items: Sequence[str] | None) -> dict[str, Any]:
             raise UserError(f"--task-option {item!r}: expected key=value")
         out[key] = parse_value(value)
     return out
+
+
+def mapping_arg(text: str) -> dict:
+    """An argparse type: a YAML mapping such as ``'{enable_thinking: false}'``."""
+    from credit.config import parse_value
+
+    value = parse_value(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a mapping, e.g. '{{enable_thinking: false}}'")
+    return value
+
+
+def add_chat_template_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chat-template-kwargs", type=mapping_arg, default=None, metavar="YAML",
+                   help="extra chat-template variables, e.g. '{enable_thinking: false}' (model.chat_template_kwargs; "
+                        "default: the run's, when --model is a run)")
+
+
+# ----------------------------------------------------------------------------- the run behind --model
+
+
+def _read_yaml_config(path: Path) -> dict:
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({one_line(err)})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: not a run config (expected a mapping of sections)")
+    return config
+
+
+def find_run_config(spec: str) -> tuple[Path, dict] | None:
+    """``(where, config)`` of the run that ``--model`` names or points into: a run directory, its
+    ``final/``, or a checkpoint inside it (``checkpoint.pt``, ``checkpoint-best.pt``,
+    ``checkpoints/step-*.pt``); read from the run's ``config.yaml``, else from the config a checkpoint
+    file carries. None for a plain model (a hub id, a model folder outside a run)."""
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".pt":
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    elif path.is_dir() and (path / "config.yaml").is_file():
+        run_dir = path
+    elif path.is_dir() and path.name == "final":
+        run_dir = path.parent
+    else:
+        return None
+    if (run_dir / "config.yaml").is_file():
+        return run_dir / "config.yaml", _read_yaml_config(run_dir / "config.yaml")
+    if path.is_file():
+        import torch
+
+        try:  # mmap: the config only, not the weights
+            state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except Exception:  # noqa: BLE001 - not our checkpoint: loading the model will say so
+            return None
+        if isinstance(state, dict) and isinstance(state.get("config"), dict):
+            return path, state["config"]
+    return None
+
+
+def _get(config: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for key in dotted.split("."):
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(key)
+    return node
+
+
+#: Per option of an analysis command: how to read its default from a run config.
+RunDefault = Callable[[Mapping[str, Any]], Any]
+
+
+def run_setting(*dotted: str) -> RunDefault:
+    """The first of the ``dotted`` config keys that the run sets (not None)."""
+    return lambda config: next((v for v in (_get(config, k) for k in dotted) if v is not None), None)
+
+
+def apply_run_config(args: argparse.Namespace, from_run: Mapping[str, RunDefault],
+                     builtin: Mapping[str, Any]) -> Path | None:
+    """Fill every option in ``builtin`` that the user did not give (None) from the run ``--model``
+    points into (``from_run``), else from ``builtin``; ``--task`` and ``--task-option`` likewise: the
+    run's task and options unless ``--task`` names one (``--task-option`` then adds to the run's).
+    Says on stderr which run config was used and what it set; returns its path (None: no run)."""
+    found = find_run_config(args.model) if getattr(args, "model", None) else None
+    taken = {}
+    if found is not None:
+        path, config = found
+        for name, read in from_run.items():
+            value = read(config)
+            if getattr(args, name, None) is None and value is not None:
+                setattr(args, name, value)
+                taken[name] = value
+        if hasattr(args, "task") and args.task is None and isinstance(_get(config, "task.name"), str):
+            args.task = config["task"]["name"]
+            args.run_task_options = dict(_get(config, "task.options") or {})
+            taken["task"] = args.task
+            if args.run_task_options:
+                taken["task options"] = args.run_task_options
+        shown = ", ".join(f"{k} {v}" for k, v in taken.items()) or "nothing the flags did not set"
+        print(f"--model {args.model}: settings from the run config {path}: {shown} (a flag overrides them)",
+              file=sys.stderr)
+    for name, value in builtin.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    return None if found is None else found[0]
+
+
+def task_from_args(args: argparse.Namespace):
+    """The task ``--task`` names, with the run's options (``apply_run_config``) and ``--task-option``."""
+    from credit.tasks import build_task
+
+    options = {**getattr(args, "run_task_options", {}), **parse_task_options(args.task_option)}
+    return build_task(args.task, **options)
+
+
+# ----------------------------------------------------------------------------- contexts, as the loop builds them
+
+
+def loop_contexts(tokenizer, messages: Messages, *, feedback: str | None = None, demo: str | None = None,
+                  negatives: Sequence[Messages] = (), chat_template_kwargs: Mapping[str, Any] | None = None,
+                  max_context_tokens: int | None = None, templates=None) -> dict[str, Any]:
+    """The student, teacher and negative (``swap=input``) context ids of one response with privileged
+    ``feedback`` and/or ``demo``, made by the training loop's own builders, so that an analysis scores
+    exactly the ids training scored. The response is the loop's sample 0 (reward 0, its feedback); a
+    given demo is a second sample of the group that succeeded, used verbatim (a recorded demo is
+    already stripped of ``<think>`` and cut to fit). Returns ``student``, ``teacher``, ``negatives``
+    (one per prompt in ``negatives``) and ``privileged`` (the ``z`` used, after truncation)."""
+    from credit.rollout import encode_prompts
+    from credit.tasks.base import Example, Outcome
+    from credit.teacher.contexts import Templates, build_teacher_contexts
+    from credit.teacher.negatives import build_negative_contexts
+
+    templates = templates or Templates()
+    examples = [Example("explained", [dict(m) for m in messages]),
+                *(Example(f"negative{k}", [dict(m) for m in neg]) for k, neg in enumerate(negatives))]
+    groups, responses, outcomes = [0], [""], [Outcome(0.0, feedback or "")]
+    if demo is not None:
+        groups, responses, outcomes = [0, 0], ["", demo], [*outcomes, Outcome(1.0)]
+    contexts = build_teacher_contexts(
+        tokenizer, examples, groups, responses, outcomes, success_threshold=1.0, dont_reprompt_on_self_success=True,
+        strip_thinking=False, include_feedback=True, feedback_only_without_demo=False,
+        max_context_tokens=max_context_tokens, templates=templates, chat_template_kwargs=chat_template_kwargs)
+    negative_ids: list[list[int]] = []
+    if negatives:
+        drawn = [list(range(1, len(examples)))] + [[]] * (len(groups) - 1)
+        negative_ids = build_negative_contexts(
+            tokenizer, examples, groups, contexts, drawn, swap="input", templates=templates,
+            max_context_tokens=max_context_tokens, chat_template_kwargs=chat_template_kwargs).context_ids[0]
+    return {"student": encode_prompts(tokenizer, [messages], chat_template_kwargs=chat_template_kwargs)[0],
+            "teacher": contexts.context_ids[0], "negatives": negative_ids, "privileged": contexts.privileged[0],
+            "has_signal": contexts.has_signal[0]}
 
 
 # ----------------------------------------------------------------------------- rollouts.jsonl
