@@ -30,8 +30,9 @@ class LoraConfig(_Section):
 class ModelConfig(_Section):
     name: str = Field("smollm2-135m-instruct", description="Hugging Face id, local path, or the offline default alias.")
     dtype: Literal["float32", "bfloat16", "float16", "float64"] = Field(
-        "float32", description="Compute precision. bfloat16/float16 run under autocast over float32 master weights "
-        "and optimizer state (the EMA teacher accumulates in float32); float64 for numerical checks.")
+        "float32", description="Compute precision. bfloat16 runs under autocast over float32 master weights "
+        "and optimizer state (the EMA teacher accumulates in float32); float16 is refused (use bfloat16); float64 "
+        "for numerical checks.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass (less memory, "
                                          "~30% more compute); turns off optim.share_prefix for the student's forward.")
     cache_dir: str | None = Field(None, description="Where the offline default is converted once (default ~/.cache/credit).")
@@ -145,6 +146,13 @@ class TrainConfig(_Section):
     checkpoint_keep: int = Field(1, ge=1, description="Keep the last N checkpoints (checkpoints/step-*.pt; checkpoint.pt "
                                  "is the latest). With eval.every, checkpoint-best.pt keeps the best held-out mean@n.")
     device: str | None = Field(None, description="cpu, cuda, ... (default: what accelerate picks).")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="With several processes (torchrun / accelerate launch): ddp replicates the model and "
+        "all-reduces gradients; fsdp shards student, teacher and optimizer state with PyTorch's FSDP2 (fully_shard "
+        "per decoder layer + root) and gathers the weights once per rollout, evaluation and teacher pass. "
+        "One process: no effect.")
+    dist_timeout_s: float = Field(600.0, gt=0, description="Timeout of every collective (seconds): ranks that disagree "
+                                  "on what to run fail with an error naming the stage instead of hanging.")
     threads: int | Literal["auto"] | None = Field(
         "auto", description="CPU threads: auto = before each step, the cores other processes did not keep busy "
         "during the last one, at least one, at most OMP_NUM_THREADS when that is set (credit.threads); "
@@ -175,8 +183,16 @@ class TrainConfig(_Section):
                     f"set credit.num_negatives <= {b - 1}, raise rollout.prompts_per_step, or use negative_strategy: all")
         if self.method == "grpo" and c.grpo_weight not in (0.0, 1.0):
             raise ValueError("method=grpo uses only the outcome advantage; credit.grpo_weight applies to sdpo/credit")
+        if self.parallel == "fsdp" and self.model.lora is not None and self.model.merge_lora_on_save:
+            raise ValueError("model.merge_lora_on_save with parallel=fsdp: final/ holds the adapters; merge them after "
+                             "training (peft's merge_and_unload on final/), or set model.merge_lora_on_save: false")
+        if self.parallel == "fsdp" and self.model.gradient_checkpointing:
+            raise ValueError("model.gradient_checkpointing with parallel=fsdp is not tested yet; set it to false "
+                             "(or use parallel=ddp)")
         if self.teacher.kind == "trust_region" and self.model.lora is not None:
             raise ValueError("teacher.kind=trust_region with model.lora is not supported; use ema or frozen")
+        if self.model.dtype == "float16":  # fp16 needs loss scaling, whose skipped steps the loop does not drive
+            raise ValueError("model.dtype=float16 is not supported (it needs loss scaling); use model.dtype: bfloat16")
         return self
 
 
