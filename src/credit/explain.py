@@ -9,10 +9,13 @@ and/or a demo), with the teacher = the same model under the teacher context (a *
     ΔV_t = ℓT_t − ℓS_t,  G_t = agg_k ℓN^k_t,  S_t = ℓT_t − G_t
 
 computed with ``credit.scoring`` (one packed forward) and the pure functions of ``credit.signal``,
-so the numbers are exactly those the trainer would see for a live teacher at that temperature.
+so the numbers are exactly those the trainer would see for a live teacher at that temperature. The
+contexts are made by the loop's own builders (``credit.runfiles.loop_contexts``) with the run's
+``chat_template_kwargs`` (from its config.yaml when ``--model`` is a run, or the flag).
 
 The response is scored as token ids: from a run's ``rollouts.jsonl`` record the original
-``response_ids`` (and the recorded ``teacher_context_ids``) are used, never a re-tokenization.
+``response_ids`` (and the recorded ``teacher_context_ids`` and ``negative_context_ids``) are used,
+never a re-tokenization.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ import torch
 
 from credit import viz
 from credit.errors import UserError
-from credit.runfiles import (add_common_model_args, check_ids_fit, check_messages, check_rollout_tokenizer,
-                             load_model_from_args, parse_task_options, read_jsonl, read_rollout)
+from credit.runfiles import (add_chat_template_arg, add_common_model_args, apply_run_config, check_ids_fit,
+                             check_messages, check_rollout_tokenizer, load_model_from_args, loop_contexts,
+                             read_jsonl, read_rollout, run_setting, task_from_args)
 
 Messages = list[dict[str, str]]
 
@@ -106,6 +110,8 @@ def explain(
     negative_context_ids: Sequence[Sequence[int]] | None = None,
     templates=None,
     micro_batch: int | None = None,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+    max_context_tokens: int | None = None,
 ) -> Explanation:
     """Per-token ΔV, S and G of ``response`` to ``prompt`` given privileged ``feedback``/``demo``.
 
@@ -119,13 +125,17 @@ def explain(
             rendered from ``prompt`` and ``z``.
         negative_context_ids: one whole context per prompt in ``negatives`` (``swap="context"``: the
             other problem's own teacher context); default: each rendered from its prompt and this ``z``.
+        chat_template_kwargs: the run's ``model.chat_template_kwargs`` (Qwen3: ``{"enable_thinking": False}``).
+        max_context_tokens: the run's ``teacher.max_context_tokens`` (demo and feedback cut to fit);
+            None: not cut.
+
+    Student, teacher and negative contexts come from the loop's builders (``loop_contexts``); the
+    ids scored are kept in ``meta["context_ids"]``.
     """
-    from credit.rollout import encode_prompts
     from credit.scoring import pack, response_logprobs
     from credit.signal import delta_v, generic_part, sequence_sum, specific_part
-    from credit.teacher.contexts import Privileged, Templates, render_context
+    from credit.teacher.contexts import Privileged
 
-    templates = templates or Templates()
     messages = _as_messages(prompt)
     neg_messages = [_as_messages(p) for p in negatives]
     z = Privileged(demo=demo, feedback=feedback if feedback and feedback.strip() else None)
@@ -140,14 +150,18 @@ def explain(
         raise UserError("the response is empty: there is no token to explain")
     check_ids_fit(model, tokenizer, ids)
 
-    student_ctx = encode_prompts(tokenizer, [messages])[0]
+    built = loop_contexts(tokenizer, messages, feedback=z.feedback, demo=z.demo,
+                          negatives=neg_messages if negative_context_ids is None else (),
+                          chat_template_kwargs=chat_template_kwargs, max_context_tokens=max_context_tokens,
+                          templates=templates)
+    student_ctx = built["student"]
     if teacher_context_ids:
         teacher_ctx = list(teacher_context_ids)
         check_ids_fit(model, tokenizer, teacher_ctx, "teacher_context_ids")
     else:
-        teacher_ctx = render_context(tokenizer, messages, z, templates)
+        teacher_ctx = built["teacher"]
     if negative_context_ids is None:
-        neg_ctx = [render_context(tokenizer, m, z, templates) for m in neg_messages]
+        neg_ctx = built["negatives"]
     elif len(negative_context_ids) != len(neg_messages):
         raise UserError(f"negative_context_ids: {len(negative_context_ids)} contexts for {len(neg_messages)} "
                         "negative prompts; give one per prompt")
@@ -180,7 +194,9 @@ def explain(
         prompt_messages=messages, feedback=z.feedback, demo=z.demo, negative_prompts=neg_messages,
         temperature=float(temperature), aggregator=aggregator,
         meta={"teacher_context_recorded": bool(teacher_context_ids), "num_negatives": len(neg_messages),
-              "negative_contexts_given": negative_context_ids is not None},
+              "negative_contexts_given": negative_context_ids is not None,
+              "chat_template_kwargs": dict(chat_template_kwargs or {}),
+              "context_ids": {"student": student_ctx, "teacher": teacher_ctx, "negatives": neg_ctx}},
     )
 
 
@@ -237,9 +253,17 @@ def render_html(e: Explanation, png: bytes | None = None) -> str:
 
 
 def render_png(e: Explanation):
-    """The matplotlib heat strip: rows ΔV, S, G (one column per token)."""
-    return viz.heat_strip(e.tokens, {"ΔV": e.dv, "S": e.s, "G": e.g},
-                          title=f"Σ ΔV = {e.sums['dv']:.3f}   Σ S = {e.sums['s']:.3f}   Σ G = {e.sums['g']:.3f}")
+    """The matplotlib heat strip: rows ΔV, S and G centred on its mean (one column per token), as the
+    HTML page shows them: G is a log-prob, negative on every token, and drawn raw it would paint the
+    whole row red ("every token loses credit"); centred, it shows which tokens the other prompts
+    predict better or worse than average."""
+    mean_g = sum(e.g) / len(e.g)
+    return viz.heat_strip(
+        e.tokens, {"ΔV": e.dv, "S": e.s, "G − mean": [v - mean_g for v in e.g]},
+        title=f"Σ ΔV = {e.sums['dv']:.3f}   Σ S = {e.sums['s']:.3f}   Σ G = {e.sums['g']:.3f} (mean G {mean_g:.3f})",
+        legend="blue: the token gains credit (> 0), red: it loses credit (< 0); each row on its own scale "
+               "(± in its label). ΔV = log π(y|c) − log π(y|x); S = log π(y|c) − G; G = the teacher's log-prob "
+               "with the input swapped for other prompts, centred on its mean over the response.")
 
 
 def write_outputs(e: Explanation, out: str | Path) -> dict[str, Path]:
@@ -308,34 +332,54 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--response", help="the response text")
     src.add_argument("--feedback", help="privileged feedback text (overrides the record's)")
     src.add_argument("--demo", help="privileged demo text (overrides the record's)")
-    neg = p.add_argument_group("negatives")
+    neg = p.add_argument_group("negatives (a --rollout record's own negatives, as scored in training, unless "
+                               "--negatives-file, --feedback or --demo is given)")
     neg.add_argument("--negatives-file", help="jsonl of prompts to draw negatives from")
-    neg.add_argument("--task", default="addition",
-                     help="else draw from this task's train split (when the record has no negative_prompts)")
+    neg.add_argument("--task",
+                     help="else draw from this task's train split (run: task.name; else addition)")
     neg.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="task constructor option")
-    neg.add_argument("-k", "--num-negatives", type=int, default=4, help="K negatives (default 4)")
-    neg.add_argument("--aggregator", default="mean", choices=["mean", "logmeanexp"], help="G over negatives")
+    neg.add_argument("-k", "--num-negatives", type=int, help="K negatives drawn (run: credit.num_negatives; else 4)")
+    neg.add_argument("--aggregator", choices=["mean", "logmeanexp"], help="G over negatives (run: credit.aggregator)")
     neg.add_argument("--seed", type=int, default=0, help="seed for drawing negatives")
-    p.add_argument("--temperature", type=float, default=1.0, help="log-probs at this temperature (default 1.0)")
+    p.add_argument("--temperature", type=float, help="log-probs at this temperature (run: rollout.temperature; else 1.0)")
+    add_chat_template_arg(p)
+    p.add_argument("--max-context-tokens", type=int,
+                   help="cut demo and feedback to fit a rebuilt teacher context (run: teacher.max_context_tokens)")
     p.add_argument("--out", default="explain", help="output prefix: writes OUT.html, OUT.png, OUT.json")
     p.set_defaults(func=run, command="explain")
 
 
+#: explain's defaults for a plain model, and what a run sets (the numbers training saw)
+EXPLAIN_DEFAULTS = {"task": "addition", "num_negatives": 4, "aggregator": "mean", "temperature": 1.0}
+EXPLAIN_FROM_RUN = {"num_negatives": run_setting("credit.num_negatives"), "aggregator": run_setting("credit.aggregator"),
+                    "temperature": run_setting("rollout.temperature"),
+                    "chat_template_kwargs": run_setting("model.chat_template_kwargs"),
+                    "max_context_tokens": run_setting("teacher.max_context_tokens")}
+
+
 @viz.cli_entry
 def run(args) -> int:
+    k_given = args.num_negatives is not None
+    apply_run_config(args, EXPLAIN_FROM_RUN, EXPLAIN_DEFAULTS)
     if args.num_negatives < 1:
         raise UserError("--num-negatives must be >= 1")
     if args.temperature <= 0:
         raise UserError("--temperature must be > 0")
-    teacher_ctx, negatives_from_record = None, []
+    teacher_ctx, negatives_from_record, negative_ctx = None, [], None
     if args.rollout:
         rec = read_rollout(args.rollout, args.index)
         messages, response = rec["prompt_messages"], rec["response_ids"]
         feedback = args.feedback if args.feedback is not None else rec.get("feedback")
         demo = args.demo if args.demo is not None else rec.get("demo")
-        if args.feedback is None and args.demo is None and isinstance(rec.get("teacher_context_ids"), list):
+        as_recorded = args.feedback is None and args.demo is None
+        if as_recorded and isinstance(rec.get("teacher_context_ids"), list):
             teacher_ctx = rec["teacher_context_ids"]
         negatives_from_record = rec["negative_prompts"]
+        recorded = rec.get("negative_context_ids")
+        if (as_recorded and not args.negatives_file and not k_given and isinstance(recorded, list) and recorded
+                and len(recorded) == len(negatives_from_record)
+                and all(isinstance(c, list) and all(isinstance(i, int) for i in c) for c in recorded)):
+            negative_ctx = recorded  # the very contexts training scored (swap=context and truncation included)
         if not response:
             raise UserError(f"{rec['_where']}: the response is empty: there is no token to explain")
     else:
@@ -353,21 +397,24 @@ def run(args) -> int:
             raise UserError("the response is empty: give a non-empty --response")
         response, feedback, demo = args.response, args.feedback, args.demo
 
-    if args.negatives_file:
+    if negative_ctx is not None:
+        negatives = negatives_from_record
+    elif args.negatives_file:
         pool = read_prompts(args.negatives_file)
     elif negatives_from_record:
         pool = negatives_from_record
     else:
-        from credit.tasks import build_task
-
-        pool = [e.messages for e in build_task(args.task, **parse_task_options(args.task_option)).examples("train")]
-    negatives = pick_negatives(pool, messages, args.num_negatives, args.seed)
+        pool = [e.messages for e in task_from_args(args).examples("train")]
+    if negative_ctx is None:
+        negatives = pick_negatives(pool, messages, args.num_negatives, args.seed)
 
     model, tokenizer = load_model_from_args(args)
     if args.rollout:
         check_rollout_tokenizer(tokenizer, rec)
     e = explain(model, tokenizer, messages, response, feedback=feedback, demo=demo, negatives=negatives,
-                temperature=args.temperature, aggregator=args.aggregator, teacher_context_ids=teacher_ctx)
+                temperature=args.temperature, aggregator=args.aggregator, teacher_context_ids=teacher_ctx,
+                negative_context_ids=negative_ctx, chat_template_kwargs=args.chat_template_kwargs,
+                max_context_tokens=args.max_context_tokens)
     paths = write_outputs(e, args.out)
     print(f"{len(e.ids)} tokens, K={len(negatives)}: Σ ΔV = {e.sums['dv']:.4f}, Σ S = {e.sums['s']:.4f}, "
           f"Σ G = {e.sums['g']:.4f}")

@@ -15,6 +15,10 @@ Two checks on given examples, the teacher being the same model (a live teacher):
    ``(count + 1) / (M + 1)``: ``y`` itself is an on-policy sample with feedback ``z``, so it is
    counted too; this also keeps the log finite. The teacher's ``Σ ΔV`` is a good pMI estimate to the
    extent it correlates with ``−log P̂(z|x)`` across examples (the paper's assumption, App. D).
+
+Student prompts and teacher contexts are made by the loop's builders (``encode_prompts``,
+``build_teacher_contexts``) with the run's ``chat_template_kwargs``, so both sides of the check see the
+prompt format training saw.
 """
 
 from __future__ import annotations
@@ -145,6 +149,8 @@ class PMIConfig:
     """Sequences per generate call."""
     seed: int = 0
     """Sampling seed (y uses ``seed``, y' uses ``seed + 1``)."""
+    chat_template_kwargs: dict | None = None
+    """The run's ``model.chat_template_kwargs`` (student prompts and teacher contexts alike)."""
 
     def __post_init__(self):
         for name in ("num_examples", "responses_per_example", "mc_samples", "max_new_tokens", "batch_size"):
@@ -161,13 +167,13 @@ def pmi_report(model, tokenizer, task, config: PMIConfig | None = None) -> dict[
     signal and are listed with ``skipped``.
     """
     from credit.rollout import SamplingConfig, encode_prompts, sample
-    from credit.teacher.contexts import Privileged, render_context
+    from credit.teacher.contexts import build_teacher_contexts
 
     cfg = config or PMIConfig()
     examples = task.examples(cfg.split)[: cfg.num_examples]
     if not examples:
         raise UserError(f"task {task.name!r} has no examples in split {cfg.split!r}")
-    prompts = encode_prompts(tokenizer, [e.messages for e in examples])
+    prompts = encode_prompts(tokenizer, [e.messages for e in examples], chat_template_kwargs=cfg.chat_template_kwargs)
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                               micro_batch_size=cfg.batch_size)
     ys = sample(model, tokenizer, prompts, sampling, num_samples=cfg.responses_per_example, seed=cfg.seed)
@@ -194,8 +200,11 @@ def pmi_report(model, tokenizer, task, config: PMIConfig | None = None) -> dict[
 
     if todo:
         student = [ys.prompt_ids[n] for n in todo]
-        teacher = [render_context(tokenizer, y_examples[n].messages, Privileged(feedback=outcomes[n].feedback))
-                   for n in todo]
+        # z is the feedback alone: no success threshold is reachable, so no peer becomes a demo (the
+        # posterior check needs z to be a function of (x, y))
+        contexts = build_teacher_contexts(tokenizer, examples, ys.group, ys.texts, outcomes, success_threshold=math.inf,
+                                          chat_template_kwargs=cfg.chat_template_kwargs)
+        teacher = [contexts.context_ids[n] for n in todo]
         checks = telescoping(model, tokenizer, student, teacher, [ys.response_ids[n] for n in todo],
                              cfg.temperature, micro_batch=cfg.batch_size)
         for n, c in zip(todo, checks):
@@ -220,24 +229,23 @@ def summarize(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def rollout_telescoping(model, tokenizer, records: Sequence[dict[str, Any]], temperature: float = 1.0,
-                        micro_batch: int | None = None) -> dict[str, Any]:
-    """The telescoping check on a run's recorded rollouts (original response and context ids)."""
-    from credit.rollout import encode_prompts
-    from credit.teacher.contexts import Privileged, render_context
+                        micro_batch: int | None = None, chat_template_kwargs: dict | None = None) -> dict[str, Any]:
+    """The telescoping check on a run's recorded rollouts (original response and context ids; a record
+    without its teacher context gets one from the loop's builders, with ``chat_template_kwargs``)."""
+    from credit.runfiles import loop_contexts
 
     student, teacher, responses, items = [], [], [], []
     for rec in records:
-        ctx = rec.get("teacher_context_ids")
+        built = loop_contexts(tokenizer, rec["prompt_messages"], feedback=rec.get("feedback") or None,
+                              demo=rec.get("demo"), chat_template_kwargs=chat_template_kwargs)
+        ctx = rec.get("teacher_context_ids") or (built["teacher"] if built["has_signal"] else None)
         if not ctx:
-            z = Privileged(demo=rec.get("demo"), feedback=rec.get("feedback") or None)
-            if z.empty:
-                items.append({"where": rec["_where"], "skipped": "no demo and no feedback: no teacher signal"})
-                continue
-            ctx = render_context(tokenizer, rec["prompt_messages"], z)
+            items.append({"where": rec["_where"], "skipped": "no demo and no feedback: no teacher signal"})
+            continue
         if not rec["response_ids"]:
             items.append({"where": rec["_where"], "skipped": "empty response"})
             continue
-        student.append(encode_prompts(tokenizer, [rec["prompt_messages"]])[0])
+        student.append(built["student"])
         teacher.append(list(ctx))
         responses.append(rec["response_ids"])
         items.append({"where": rec["_where"], "tokens": len(rec["response_ids"]), "reward": rec.get("reward"),
@@ -253,16 +261,29 @@ def rollout_telescoping(model, tokenizer, records: Sequence[dict[str, Any]], tem
 # ----------------------------------------------------------------------------- output
 
 
+def item_names(items: Sequence[dict[str, Any]]) -> tuple[list[str], str]:
+    """Short item names for the table, and the file they come from: ``line 12`` of a rollouts file
+    (its path, often long and temporary, goes in the title once), else the example id."""
+    files = {str(i["where"]).rpartition(":")[0] for i in items if "where" in i}
+    if len(files) == 1:
+        return [f"line {str(i['where']).rpartition(':')[2]}" if "where" in i else str(i.get("example", ""))
+                for i in items], files.pop()
+    return [str(i.get("example", i.get("where", ""))) for i in items], ""
+
+
 def print_table(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="pMI checks (live teacher)")
+    names, source = item_names(result["items"])
+    table = Table(title="pMI checks (live teacher)" + (f": {source}" if source else ""))
     # Σ ΔV: training scoring path; pMI: log π(y|c) − log π(y|x) from two independent passes
     for col in ("item", "tok", "reward", "Σ ΔV", "pMI", "diff", "P̂(z|x)", "−log P̂"):
-        table.add_column(col, justify="left" if col == "item" else "right")
-    for i in result["items"]:
-        name = str(i.get("example", i.get("where", "")))
+        if col == "item":  # never cut an id: fold it onto several lines
+            table.add_column(col, justify="left", overflow="fold", min_width=min(max(map(len, names), default=4), 24))
+        else:
+            table.add_column(col, justify="right", no_wrap=True)
+    for name, i in zip(names, result["items"]):
         if "skipped" in i:
             table.add_row(name, str(i.get("tokens", "")), viz.format_number(i.get("reward", "")),
                           "skipped", *["-"] * 4)  # the reason is in the JSON ("skipped")
@@ -274,17 +295,19 @@ def print_table(result: dict[str, Any]) -> None:
     console = Console()
     console.print(table)
     s = result["summary"]
-    corr = s["pearson_dv_vs_empirical_pmi"]
     console.print("Σ ΔV: training scoring path; pMI: log π(y|c) − log π(y|x) from two independent forward "
                   "passes; P̂(z|x): fraction of M samples y' with the same feedback (y counted)")
-    console.print(f"checked {s['checked']} of {s['items']}; max |Σ ΔV − pMI| = "
-                  f"{viz.format_number(s['max_abs_diff'])}; corr(Σ ΔV, −log P̂(z|x)) = "
-                  f"{'n/a' if corr is None else f'{corr:.3f}'} (Spearman "
-                  f"{viz.format_number(s['spearman_dv_vs_empirical_pmi'])})")
+    line = (f"checked {s['checked']} of {s['items']}; max |Σ ΔV − pMI| = "
+            f"{'n/a' if s['max_abs_diff'] is None else viz.format_number(s['max_abs_diff'])}")
+    if any("empirical_pmi" in i for i in result["items"]):  # the posterior check ran (not --rollouts)
+        pearson_, spearman_ = s["pearson_dv_vs_empirical_pmi"], s["spearman_dv_vs_empirical_pmi"]
+        line += (f"; corr(Σ ΔV, −log P̂(z|x)) = {'n/a' if pearson_ is None else f'{pearson_:.3f}'} (Spearman "
+                 f"{'n/a' if spearman_ is None else f'{spearman_:.3f}'}; n/a: fewer than 2 items or no spread)")
+    console.print(line)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from credit.runfiles import add_common_model_args
+    from credit.runfiles import add_chat_template_arg, add_common_model_args
 
     p = sub.add_parser(
         "pmi", help="check Σ ΔV against log π(y|c) − log π(y|x) and the empirical pMI −log P̂(z|x)",
@@ -293,9 +316,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "check with P(z|x) estimated from M samples. Or, with --rollouts, the telescoping "
                     "check on a run's recorded rollouts.")
     add_common_model_args(p)
-    p.add_argument("--task", default="addition", help="task name (default addition)")
+    p.add_argument("--task", help="task name (run: task.name; else addition)")
     p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
-                   help="task option, e.g. answer_feedback=true (repeatable)")
+                   help="task option, e.g. answer_feedback=true (repeatable; run: added to task.options)")
+    add_chat_template_arg(p)
     p.add_argument("--rollouts", help="a run's rollouts.jsonl: telescoping check on its records instead")
     p.add_argument("--limit", type=int, default=16, help="with --rollouts: the first N records (default 16)")
     d = PMIConfig()
@@ -305,8 +329,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"responses y checked per example (default {d.responses_per_example})")
     p.add_argument("-m", "--mc-samples", type=int, default=d.mc_samples,
                    help=f"M samples y' ~ π(·|x) to estimate P(z|x) (default {d.mc_samples})")
-    p.add_argument("--temperature", type=float, default=d.temperature, help=f"(default {d.temperature})")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help=f"(default {d.max_new_tokens})")
+    p.add_argument("--temperature", type=float, help=f"(run: rollout.temperature; else {d.temperature})")
+    p.add_argument("--max-new-tokens", type=int, help=f"(run: rollout.max_new_tokens; else {d.max_new_tokens})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"(default {d.seed})")
     p.add_argument("--json", dest="json_out", help="write the full result as JSON here")
@@ -315,8 +339,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 @viz.cli_entry
 def run(args) -> int:
-    from credit.runfiles import load_model_from_args, parse_task_options, read_rollouts
+    from credit.runfiles import apply_run_config, load_model_from_args, read_rollouts, run_setting, task_from_args
 
+    d = PMIConfig()
+    apply_run_config(args, {"chat_template_kwargs": run_setting("model.chat_template_kwargs"),
+                            "temperature": run_setting("rollout.temperature"),
+                            "max_new_tokens": run_setting("rollout.max_new_tokens")},
+                     {"task": "addition", "temperature": d.temperature, "max_new_tokens": d.max_new_tokens})
     if args.rollouts:
         if args.temperature <= 0:
             raise UserError("--temperature must be > 0")
@@ -329,15 +358,14 @@ def run(args) -> int:
         for rec in records:
             check_rollout_tokenizer(tokenizer, rec)
             check_ids_fit(model, tokenizer, rec["response_ids"])
-        result = rollout_telescoping(model, tokenizer, records, args.temperature)
+        result = rollout_telescoping(model, tokenizer, records, args.temperature,
+                                     chat_template_kwargs=args.chat_template_kwargs)
     else:
-        from credit.tasks import build_task
-
         cfg = PMIConfig(split=args.split, num_examples=args.num_examples,
                         responses_per_example=args.responses_per_example, mc_samples=args.mc_samples,
                         temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                        batch_size=args.batch_size, seed=args.seed)
-        task = build_task(args.task, **parse_task_options(args.task_option))
+                        batch_size=args.batch_size, seed=args.seed, chat_template_kwargs=args.chat_template_kwargs)
+        task = task_from_args(args)
         model, tokenizer = load_model_from_args(args)
         result = pmi_report(model, tokenizer, task, cfg)
     print_table(result)

@@ -181,11 +181,13 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> bytes:
 
 
 def heat_strip(
-    labels: Sequence[str], rows: Mapping[str, Sequence[float]], title: str = "", max_per_line: int = 48
+    labels: Sequence[str], rows: Mapping[str, Sequence[float]], title: str = "", max_per_line: int = 48,
+    legend: str = "",
 ) -> Figure:
     """Per-token heat strips: one row per series (e.g. ΔV, S, G), one column per token, each row with
-    its own symmetric diverging colour scale (G is a log-prob, far from 0; ΔV and S are small), the
-    token text under the columns. Long responses wrap into several blocks of ``max_per_line`` tokens.
+    its own symmetric diverging colour scale around 0 (give a series that is far from 0, such as a
+    log-prob, centred), the token text under the columns. Long responses wrap into several blocks of
+    ``max_per_line`` tokens. ``legend``: a line under the figure saying what the colours mean.
 
     The figure's axes hold one image per block (``ax.images``), in the order of ``rows``.
     """
@@ -219,6 +221,11 @@ def heat_strip(
                             color="white" if abs(block[i, j]) > 0.6 else "black")
     if title:
         axes[0, 0].set_title(title, fontsize=10, loc="left")
+    if legend:
+        import textwrap
+
+        wrapped = textwrap.fill(legend, width=max(60, int(fig.get_figwidth() * 14)))
+        fig.text(0.01, 0.0, wrapped, fontsize=7, va="top", ha="left", color="#444")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         fig.tight_layout()
