@@ -57,10 +57,14 @@ class StepBatch:
 
 @dataclass
 class Micro:
-    """One micro-batch of the update: the student's forward with gradient."""
+    """One micro-batch of the update: the student's forward with gradient.
+
+    The student's hidden states and head, not its (n, R, V) logits: a mode that needs more than ℓS
+    (logit mode's top-K support) computes it from them chunk by chunk (``credit.signal.head_logprobs``).
+    """
 
     rows: torch.Tensor  # (n,) row indices into the StepBatch
-    logits: torch.Tensor  # (n, R, V) student logits (grad)
+    hidden: signal.Hidden | None  # (n, R, H) states predicting each response token, and the head (grad)
     logp: torch.Tensor  # (n, R) ℓS (grad)
     old_logp: torch.Tensor  # (n, R) ℓold (= sg(ℓS) on-policy)
     off_policy: bool
@@ -73,8 +77,9 @@ class Scorer(Protocol):
     def teacher_logprobs(self, packs: list[Packed]) -> torch.Tensor:
         """ℓ of the response tokens under the teacher for each pack, one batched pass: (P, M, R)."""
 
-    def teacher_logits(self, packed: Packed, role: str = "teacher") -> torch.Tensor:
-        """Teacher logits predicting each response token: (M, R, V); ``role`` "teacher" (c) or "negatives"."""
+    def teacher_logprobs_at(self, packed: Packed, index: torch.Tensor | None, role: str = "teacher") -> torch.Tensor:
+        """Teacher log-probs at the ids ``index`` (M, R, K) -> (M, R, K), or over the whole vocabulary
+        (M, R, V) when ``index`` is None; ``role`` "teacher" (c) or "negatives" (c^(k))."""
 
 
 @dataclass
@@ -222,6 +227,9 @@ class LogitCredit(_Distill):
 
     The support is the *current* student's top-K, so the teacher runs inside the update, on the
     micro-batch; the sampled token's ℓT and G are kept from the first epoch for ``signal/*``.
+    Student and teacher log-probs come from hidden states chunk by chunk: the top-K ids, then the
+    log-probs at them (the teacher's at the top-K and the sampled token in one pass), so only (n, R, K)
+    tensors exist; ``top_k: None`` (the whole vocabulary) builds (n, R, V) ones.
     """
 
     def __init__(self, lam: float, k: int, aggregator: str, is_clip: float, *, alpha: float, top_k: int | None,
@@ -236,24 +244,33 @@ class LogitCredit(_Distill):
         b.teacher_logp = torch.zeros(n, r, dtype=b.dtype, device=b.rewards.device)
         b.generic_logp = torch.zeros_like(b.teacher_logp) if self.num_negatives else None
 
-    def _support(self, logits: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-        return obj.support_logprobs(logits, index, self.temperature, self.tail)
+    def _teacher(self, scorer: Scorer, packed: Packed, ask: torch.Tensor | None, tokens: torch.Tensor,
+                 role: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's support (n, R, U) and its ℓ of the sampled tokens (n, R), from one pass: at the
+        top-K ids with the sampled token appended (``ask``), or over the whole vocabulary (None)."""
+        logp = scorer.teacher_logprobs_at(packed, ask, role)
+        if ask is None:
+            return logp, logp.gather(-1, tokens[..., None]).squeeze(-1)
+        return obj.support_from_topk(logp[..., :-1], self.tail), logp[..., -1]
 
     def loss(self, m: Micro, b: StepBatch, scorer: Scorer) -> LossOut:
         mask = self.loss_mask(b, m.rows)
-        index = obj.topk_index(m.logits, self.top_k) if self.top_k else None
-        student = self._support(m.logits, index)  # (n, R, U)
-        t_logits = scorer.teacher_logits(b.teacher.rows(m.rows))
-        teacher = self._support(t_logits, index)
+        tokens = b.student.response_ids[m.rows]  # (n, R)
+        if self.top_k:
+            index = signal.head_topk(m.hidden, self.top_k)  # (n, R, K), the current student's
+            student = obj.support_from_topk(signal.head_logprobs(m.hidden, index, self.temperature), self.tail)
+            ask = torch.cat([index, tokens[..., None]], dim=-1)  # (n, R, K+1)
+        else:
+            student, ask = signal.head_full_logprobs(m.hidden, self.temperature), None  # (n, R, V)
+        teacher, t_token = self._teacher(scorer, b.teacher.rows(m.rows), ask, tokens, "teacher")
         if m.first_epoch:
-            b.teacher_logp[m.rows] = signal.token_logprobs(t_logits, b.student.response_ids[m.rows], self.temperature)
-        del t_logits
+            b.teacher_logp[m.rows] = t_token.to(b.teacher_logp.dtype)
         if self.num_negatives:
             negs, neg_token = [], []
             for neg in b.negatives[: self.num_negatives]:
-                z = scorer.teacher_logits(neg.rows(m.rows), "negatives")
-                negs.append(self._support(z, index))
-                neg_token.append(signal.token_logprobs(z, b.student.response_ids[m.rows], self.temperature))
+                support, token = self._teacher(scorer, neg.rows(m.rows), ask, tokens, "negatives")
+                negs.append(support)
+                neg_token.append(token)
             generic = self._generic_or_student(signal.AGGREGATORS[self.aggregator](torch.stack(negs, 1)),
                                                student, m.rows, b)  # (n, R, U)
             if m.first_epoch:

@@ -58,7 +58,14 @@ def support_logprobs(
     """
     if index is None:
         return torch.log_softmax(logits.float() / temperature, dim=-1)
-    top = picked_logprobs(logits, index, temperature, chunk_bytes)  # (..., K), one fused backward
+    return support_from_topk(picked_logprobs(logits, index, temperature, chunk_bytes), tail)  # one fused backward
+
+
+def support_from_topk(top: torch.Tensor, tail: bool = True) -> torch.Tensor:
+    """The support U_t from the top-K log-probs ``top`` (..., K), normalized over the FULL vocabulary:
+    ``tail=True`` appends the bucket log(1 − Σ_{v∈top-K} p(v)) -> (..., K+1); ``tail=False`` renormalizes
+    within the top-K -> (..., K). (``support_logprobs`` from logits, or from hidden states with
+    ``signal.head_logprobs``.)"""
     top_mass = torch.logsumexp(top, dim=-1, keepdim=True)  # (..., 1)
     if tail:
         return torch.cat([top, _log1mexp(top_mass)], dim=-1)

@@ -15,7 +15,9 @@ the argument and what is allowed.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -142,6 +144,219 @@ def naive_token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature
     """Reference implementation (full fp32 log-softmax); used by tests and the memory benchmark."""
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)
     return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------- log-probs from hidden states
+
+
+@dataclass
+class Hidden:
+    """Hidden states and the linear head that maps them to logits: ``z = states · weightᵀ + bias``.
+
+    ``states`` (..., H): the decoder's output (final norm applied) at the positions that predict the
+    response tokens; ``weight`` (V, H) and ``bias`` (V,) or None: the model's ``lm_head``. Every
+    function below takes one ``Hidden`` or a mixture ``[(Hidden, c), ...]`` whose logits are
+    ``Σ c·z`` (the trust-region teacher: (1−r)·z_ref + r·z_θ); none of them builds a (..., V) tensor
+    except ``head_full_logprobs``, whose support is the vocabulary.
+    """
+
+    states: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+
+
+def _mixture(head) -> list[tuple[Hidden, float]]:
+    parts = [(head, 1.0)] if isinstance(head, Hidden) else [(h, float(c)) for h, c in head]
+    if not parts:
+        raise ValueError("an empty mixture of heads; give at least one (Hidden, weight)")
+    (first, _), *rest = parts
+    for h, _ in parts:
+        if h.states.shape[-1] != h.weight.shape[-1]:
+            raise ValueError(f"states have hidden size {h.states.shape[-1]} but the head weight is "
+                             f"{tuple(h.weight.shape)}; the weight must be (V, H)")
+    for h, _ in rest:
+        if h.states.shape != first.states.shape or h.weight.shape[0] != first.weight.shape[0]:
+            raise ValueError(f"mixed heads differ: states {tuple(h.states.shape)} vs {tuple(first.states.shape)}, "
+                             f"vocabulary {h.weight.shape[0]} vs {first.weight.shape[0]}")
+    return parts
+
+
+def _no_autocast(device: torch.device):
+    """The head and its log-softmax run in fp32 (fp64 for a fp64 model) whatever autocast the caller is in."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _weight_blocks(weight: torch.Tensor, acc: torch.dtype, chunk_bytes: int):
+    """(vocabulary slice, weight rows in ``acc``): the weight itself when it is already in ``acc`` (an
+    fp32 master), else blocks of rows cast one at a time (a bf16 base: no fp32 copy of the whole head)."""
+    if weight.dtype == acc:
+        yield slice(None), weight
+        return
+    rows = _chunk_rows(weight.shape[1], chunk_bytes)
+    for v in range(0, weight.shape[0], rows):
+        yield slice(v, v + rows), weight[v: v + rows].to(acc)
+
+
+def _chunk_logits(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float]], rows: slice,
+                  acc: torch.dtype, chunk_bytes: int) -> torch.Tensor:
+    """Σ c·(states[rows]·Wᵀ + b) in ``acc``: (r, V). ``parts`` hold flattened (M, H) states."""
+    out = None
+    for states, weight, bias, c in parts:
+        x = states[rows].to(acc)  # (r, H)
+        if weight.dtype == acc:
+            z = x @ weight.t()  # (r, V)
+        else:
+            z = torch.empty(x.shape[0], weight.shape[0], dtype=acc, device=x.device)  # (r, V)
+            for vs, w in _weight_blocks(weight, acc, chunk_bytes):
+                z[:, vs] = x @ w.t()
+        if bias is not None:
+            z.add_(bias.to(acc))
+        if out is None:
+            out = z if c == 1.0 else z.mul_(c)
+        else:
+            out.add_(z, alpha=c)
+    return out
+
+
+def _logsumexp_(z: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the last dim, overwriting ``z`` (no second chunk-sized buffer). (r, V) -> (r,)."""
+    m = z.amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    return z.sub_(m).exp_().sum(-1).log_().add_(m.squeeze(-1))
+
+
+def _flat_parts(head) -> tuple[list[tuple[Hidden, float]], tuple, tuple[float, ...]]:
+    parts = _mixture(head)
+    tensors = tuple(t for h, _ in parts for t in (h.states.reshape(-1, h.states.shape[-1]), h.weight, h.bias))
+    return parts, tensors, tuple(c for _, c in parts)
+
+
+def _unflat(tensors, coefs):
+    return [(tensors[3 * i], tensors[3 * i + 1], tensors[3 * i + 2], c) for i, c in enumerate(coefs)]
+
+
+def _acc_dtype(tensors) -> torch.dtype:
+    dtype = torch.float32
+    for t in tensors[:2]:  # the first part's states and weight decide (fp64 model -> fp64)
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+class _HeadPicked(torch.autograd.Function):
+    """``log softmax(Σ c·(h·Wᵀ + b) / T)`` at K ids per row, from hidden states, chunk by chunk over rows.
+
+    Forward: per chunk of rows, the logits in fp32, the picked entries and the logsumexp; only
+    (M, K) and (M,) survive. Backward: per chunk, the logits again, ``dz = (scatter(g) − Σg·softmax)/T``
+    in place, then ``dh = dz·W`` and ``dW += dzᵀ·h`` (the approach of Liger's fused linear
+    cross-entropy, for log-probs at given ids). Peak extra memory: one (rows, V) chunk plus the
+    gradients themselves; no (M, V) tensor in any dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, index, temperature, chunk_bytes, coefs, *tensors):
+        parts = _unflat(tensors, coefs)
+        acc, device = _acc_dtype(tensors), index.device
+        m, vocab = index.shape[0], tensors[1].shape[0]
+        out = torch.empty(index.shape, dtype=acc, device=device)  # (M, K)
+        lse = torch.empty(m, dtype=acc, device=device)  # (M,)
+        step = _chunk_rows(vocab, chunk_bytes)
+        with _no_autocast(device):
+            for s in range(0, m, step):
+                z = _chunk_logits(parts, slice(s, s + step), acc, chunk_bytes)  # (r, V)
+                if temperature != 1.0:
+                    z.div_(temperature)
+                out[s: s + step] = z.gather(1, index[s: s + step])
+                lse[s: s + step] = _logsumexp_(z)
+        ctx.save_for_backward(index, lse, *tensors)
+        ctx.temperature, ctx.chunk_bytes, ctx.coefs = temperature, chunk_bytes, coefs
+        return out.sub_(lse[:, None])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        index, lse, *tensors = ctx.saved_tensors
+        parts = _unflat(tensors, ctx.coefs)
+        needs = ctx.needs_input_grad[4:]
+        acc, t, cb = lse.dtype, ctx.temperature, ctx.chunk_bytes
+        g = grad_out.to(acc) / t  # (M, K)
+        g_sum = g.sum(-1, keepdim=True)  # (M, 1)
+        grads = [torch.zeros(x.shape, dtype=acc, device=x.device) if x is not None and need else None
+                 for x, need in zip(tensors, needs)]
+        step = _chunk_rows(tensors[1].shape[0], cb)
+        with _no_autocast(index.device):
+            for s in range(0, index.shape[0], step):
+                rows = slice(s, s + step)
+                dz = _chunk_logits(parts, rows, acc, cb)  # (r, V)
+                if t != 1.0:
+                    dz.div_(t)
+                dz.sub_(lse[rows, None]).exp_().mul_(-g_sum[rows])  # −Σg·softmax
+                dz.scatter_add_(1, index[rows], g[rows])  # + g·onehot: the gradient w.r.t. the raw logits
+                for i, (states, weight, _, c) in enumerate(parts):
+                    gh, gw, gb = grads[3 * i: 3 * i + 3]
+                    x = states[rows].to(acc) if gw is not None else None
+                    for vs, w in _weight_blocks(weight, acc, cb):
+                        if gh is not None:
+                            gh[rows].addmm_(dz[:, vs], w, alpha=c)
+                        if gw is not None:
+                            gw[vs].addmm_(dz[:, vs].t(), x, alpha=c)
+                    if gb is not None:
+                        gb.add_(dz.sum(0), alpha=c)
+        grads = [None if gr is None else gr.to(x.dtype) for gr, x in zip(grads, tensors)]
+        return (None, None, None, None, *grads)
+
+
+def head_logprobs(head, index: torch.Tensor, temperature: float = 1.0,
+                  chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
+    """``log softmax(z / T)`` at the ids ``index`` (..., K), with ``z`` the (mixed) head's logits of
+    ``states`` (..., H): (..., K) in fp32 (fp64 for a fp64 model). Differentiable w.r.t. the states,
+    the head weight and bias; chunked over rows, so no (..., V) tensor exists in any dtype."""
+    parts, tensors, coefs = _flat_parts(head)
+    states = parts[0][0].states
+    if index.shape[:-1] != states.shape[:-1]:
+        raise ValueError(f"index has shape {tuple(index.shape)} but states {tuple(states.shape)}; "
+                         "index must be states.shape[:-1] + (K,)")
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature} must be > 0")
+    flat = index.reshape(-1, index.shape[-1])  # (M, K)
+    out = _HeadPicked.apply(flat, float(temperature), int(chunk_bytes), coefs, *tensors)
+    return out.view(index.shape)
+
+
+def head_token_logprobs(head, tokens: torch.Tensor, temperature: float = 1.0,
+                        chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
+    """ℓ of ``tokens`` (...) from the head's states (..., H): (...). ``head_logprobs`` with K = 1."""
+    return head_logprobs(head, tokens.unsqueeze(-1), temperature, chunk_bytes).squeeze(-1)
+
+
+@torch.no_grad()
+def head_topk(head, k: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
+    """Ids of the top-K logits at each position, chunk by chunk: (..., H) states -> (..., K)."""
+    parts, tensors, coefs = _flat_parts(head)
+    states, vocab = parts[0][0].states, tensors[1].shape[0]
+    if not 1 <= k <= vocab:
+        raise ValueError(f"top_k={k} but the vocabulary has {vocab} tokens; allowed: 1 <= top_k <= {vocab}")
+    flat, acc = _unflat(tensors, coefs), _acc_dtype(tensors)
+    m = tensors[0].shape[0]
+    out = torch.empty(m, k, dtype=torch.long, device=states.device)
+    step = _chunk_rows(vocab, chunk_bytes)
+    with _no_autocast(states.device):
+        for s in range(0, m, step):
+            out[s: s + step] = _chunk_logits(flat, slice(s, s + step), acc, chunk_bytes).topk(k, dim=-1).indices
+    return out.view(*states.shape[:-1], k)
+
+
+def head_full_logprobs(head, temperature: float = 1.0) -> torch.Tensor:
+    """``log softmax(z / T)`` over the whole vocabulary: (..., H) -> (..., V), in fp32 (fp64).
+
+    The one function here that builds a (..., V) tensor: a full-vocabulary support needs it (logit
+    mode with ``top_k: null``, for checks and small vocabularies)."""
+    parts = _mixture(head)
+    acc = _acc_dtype((parts[0][0].states, parts[0][0].weight))
+    with _no_autocast(parts[0][0].states.device):
+        z = sum(c * torch.nn.functional.linear(h.states.to(acc), h.weight.to(acc),
+                                               None if h.bias is None else h.bias.to(acc)) for h, c in parts)
+        return torch.log_softmax(z / temperature, dim=-1)
 
 
 # ----------------------------------------------------------------------------- masked reductions

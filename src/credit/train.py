@@ -37,8 +37,8 @@ from credit.logging import RunLogger, rollout_records
 from credit.methods import Micro, StepBatch, build_method
 from credit.models import load_model
 from credit.rollout import SamplingConfig, check_prompt_lengths, encode_prompts, sample
-from credit.scoring import pack, response_logits, response_logprobs
-from credit.signal import token_logprobs
+from credit.scoring import pack, response_hidden, response_logprobs
+from credit.signal import head_token_logprobs
 from credit.tasks import Example, build_task
 from credit.teacher import build_negative_contexts, build_teacher_contexts, problem_keys, sample_negative_groups
 from credit.teacher.scorer import TeacherScorer
@@ -242,14 +242,17 @@ class Trainer:
                     ctx = self.acc.no_sync(self.model) if i < len(micros) - 1 else contextlib.nullcontext()
                     with ctx:
                         packed = batch.student.rows(rows)
-                        logits = response_logits(self.model, packed, self.share_prefix)
-                        logp = token_logprobs(logits, packed.response_ids, cfg.rollout.temperature)
-                        old = batch.old_logp[rows] if self.off_policy else logp.detach()
-                        if epoch == 0:
-                            batch.student_logp[rows] = logp.detach()
-                        out = self.method.loss(Micro(rows, logits, logp, old, self.off_policy, epoch == 0),
-                                               batch, self.scorer)
-                        loss = obj.aggregate(out.loss, out.mask, o.loss_aggregation, normalizer=norm)
+                        # an autocast region of its own: autocast keeps the bf16 copy of each fp32 weight until
+                        # its outermost region exits, blind to optimizer.step()'s in-place update
+                        with self.acc.autocast():
+                            hidden = response_hidden(self.model, packed, self.share_prefix)  # (n, R, H), no logits
+                            logp = head_token_logprobs(hidden, packed.response_ids, cfg.rollout.temperature)
+                            old = batch.old_logp[rows] if self.off_policy else logp.detach()
+                            if epoch == 0:
+                                batch.student_logp[rows] = logp.detach()
+                            out = self.method.loss(Micro(rows, hidden, logp, old, self.off_policy, epoch == 0),
+                                                   batch, self.scorer)
+                            loss = obj.aggregate(out.loss, out.mask, o.loss_aggregation, normalizer=norm)
                         self.acc.backward(loss * world)  # DDP averages gradients over processes
                         sums["loss"] += loss.item()
                         sums["tokens"] += packed.response_mask.sum().item()
@@ -308,10 +311,14 @@ class Trainer:
 
     def run_step(self, step: int) -> tuple[dict, list[dict]]:
         threads, t0 = self.threads.before_step(), time.perf_counter()
+        if self.acc.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls (the head's log-probs) on tensor cores
+        # one autocast region for rollout, ℓold and the teacher's passes (no weight changes inside, so its
+        # cached bf16 weights serve every decode step); the update opens one per micro-batch (update())
         with self.acc.autocast():
             batch, metrics, records = self.collect(step)
-            t1 = time.perf_counter()
-            metrics.update(self.update(batch, step))
+        t1 = time.perf_counter()
+        metrics.update(self.update(batch, step))
         metrics["perf/update_s"] = time.perf_counter() - t1
         metrics.update(self.scorer.pop_seconds())
         metrics["perf/step_s"] = time.perf_counter() - t0
