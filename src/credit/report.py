@@ -3,10 +3,14 @@
 A run directory holds ``config.yaml`` (the resolved config) and ``metrics.jsonl`` (one JSON object
 per step with ``step`` and namespaced metrics, any of which may be missing on a given step).
 
-Runs whose configs are equal except for ``seed`` form a *group*: a group of several runs is drawn
-as its mean over seeds with a ±1 std band (at the steps every run of the group logged), a group of
-one as a plain line. Groups are overlaid in every panel and labelled by what differs between them
-(e.g. ``method=credit``), else by directory name.
+Runs whose configs are equal in what changes the method form a *group* (``seed``, where a run writes,
+how fast it runs and what it logs do not: ``NOT_THE_METHOD``; a key a run's config lacks, because
+it was written before the key existed, counts as its default), within one study cell when the runs
+sit in ``<cell>/seed<N>`` folders (``credit sweep``). A group of several runs is drawn as its mean
+over seeds with a ±1 std band (at the steps every run of the group logged), a group of one as a plain
+line. Groups are overlaid in every panel and labelled by their cell and every config key that differs
+between them (e.g. ``credit-blend: method=credit, grpo_weight=0.9``), else by directory name.
+Held-out accuracy measured only before and after training is drawn as two points, not a line.
 """
 
 from __future__ import annotations
@@ -134,32 +138,76 @@ def flatten_config(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _config_key(run: Run) -> str:
-    flat = {k: v for k, v in flatten_config(run.config).items() if k != "seed" and not k.endswith("output_dir")
-            and k not in ("run_dir", "output", "out_dir", "name")}
-    return json.dumps(flat, sort_keys=True, default=str)
+#: Config keys (and sections) that do not change what a run computes: the seed, where it writes, how
+#: fast it runs (threads, micro-batches, decoding backend: the same distribution) and what it logs.
+#: Runs that differ only in these are seeds of one group.
+NOT_THE_METHOD = ("seed", "out_dir", "device", "threads", "log", "checkpoint_every", "checkpoint_keep",
+                  "model.cache_dir", "model.gradient_checkpointing", "rollout.backend", "rollout.micro_batch",
+                  "optim.micro_batch", "optim.share_prefix", "eval.every", "eval.before")
+
+
+def _defaults() -> dict[str, Any]:
+    from credit.config import TrainConfig
+
+    return flatten_config(TrainConfig().model_dump(mode="json"))
+
+
+def _normalized(run: Run, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's flattened config with the keys it lacks at their defaults (a config written before a
+    key existed ran with that key's default behaviour), in the defaults' order."""
+    own = flatten_config(run.config)
+    out = {k: v for k, v in defaults.items() if k not in own and not any(o.startswith(k + ".") for o in own)}
+    out.update(own)
+    return {k: v for k, v in out.items() if k != "name" and not k.endswith(("output_dir", "run_dir"))}
+
+
+def _is_method_key(key: str) -> bool:
+    return not any(key == k or key.startswith(k + ".") for k in NOT_THE_METHOD)
+
+
+def cell_name(run: Run) -> str | None:
+    """The study cell of a run kept as ``<cell>/seed<N>`` (``credit sweep``'s layout), else None."""
+    import re
+
+    return run.path.resolve().parent.name if re.fullmatch(r"seed\d+", run.path.name) else None
+
+
+def _show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
 def group_runs(runs: Sequence[Run]) -> list[RunGroup]:
-    """Group runs whose configs are equal except ``seed`` (and output paths); label each group by
-    the config entries that differ between groups."""
+    """Group runs whose configs are equal in what changes the method (``NOT_THE_METHOD`` aside), within
+    one study cell; label each group by its cell and every key that differs between the groups."""
+    defaults = _defaults()
+    norm = {id(r): _normalized(r, defaults) for r in runs}
     groups: dict[str, list[Run]] = {}
     for r in runs:
-        groups.setdefault(_config_key(r), []).append(r)
-    flats = {k: json.loads(k) for k in groups}
-    varying = sorted({name for f in flats.values() for name in f
-                      if len({json.dumps(g.get(name), default=str) for g in flats.values()}) > 1})
+        method = {k: v for k, v in norm[id(r)].items() if _is_method_key(k)}
+        groups.setdefault(json.dumps([cell_name(r), method], sort_keys=True, default=str), []).append(r)
+    # what differs: keys constant inside every group and not the same in all groups
+    order = list(dict.fromkeys(k for r in runs for k in norm[id(r)]))
+    per_group = []
+    for members in groups.values():
+        values = [{k: _show(norm[id(r)].get(k)) for k in order} for r in members]
+        per_group.append({k: values[0][k] for k in order if all(v[k] == values[0][k] for v in values)})
+    varying = [k for k in order if k not in ("seed", "out_dir") and all(k in g for g in per_group)
+               and len({g[k] for g in per_group}) > 1]
     preferred = [k for k in ("method", "model.name", "task.name") if k in varying]
     shown = preferred + [k for k in varying if k not in preferred]
+    leaves = [k.rsplit(".", 1)[-1] for k in shown]
+    short = {k: leaf if leaves.count(leaf) == 1 else k for k, leaf in zip(shown, leaves)}
+    cells = [{cell_name(r) for r in members} for members in groups.values()]
     out = []
-    for key, members in groups.items():
-        f = flats[key]
-        label = ", ".join(f"{k}={f.get(k)}" for k in shown[:3])
+    for members, values, cell in zip(groups.values(), per_group, cells):
+        label = ", ".join(f"{short[k]}={values[k]}" for k in shown)
+        if len(cell) == 1 and None not in cell:
+            label = f"{next(iter(cell))}: {label}" if label else next(iter(cell))
         if not label:
-            label = str(f.get("method", "")) or members[0].name
+            label = str(members[0].config.get("method", "")) or members[0].name
         if len(members) > 1:
             label += f" (n={len(members)} seeds)"
-        elif len(groups) > 1 and not shown:
+        elif len(groups) > 1 and not shown and cell == {None}:
             label = members[0].name
         out.append(RunGroup(label, members, members[0].config))
     labels = [g.label for g in out]
@@ -184,12 +232,18 @@ def panel_keys(groups: Sequence[RunGroup], keys: Sequence[str]) -> list[str]:
 
 
 def plot_metric(ax, groups: Sequence[RunGroup], key: str) -> None:
-    """One line per group (mean over seeds) with a ±1 std band (``fill_between``) when it has several."""
+    """One line per group (mean over seeds) with a ±1 std band (``fill_between``) when it has several.
+    A held-out metric measured at two steps only (before and after training) is two points with error
+    bars: a line between them would draw a learning curve nobody measured."""
     for i, g in enumerate(groups):
         xs, mean, std = g.series(key)
         if not xs:
             continue
         color = f"C{i % 10}"
+        if key.startswith("eval/") and len(xs) <= 2:
+            ax.errorbar(xs, mean, yerr=std, color=color, label=g.label, marker="o", markersize=4, linestyle="none",
+                        capsize=3)
+            continue
         ax.plot(xs, mean, color=color, label=g.label, marker="o" if len(xs) < 3 else None, markersize=3)
         if std is not None:
             ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
@@ -277,8 +331,10 @@ def make_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[str
         "<h2>Runs</h2>" + viz.html_table(["run", "method", "seed", "last step", "group"], run_rows, left_columns=5)
         + "<h2>Final values (mean ± std over seeds)</h2>"
         + viz.html_table(["group", "runs", *final_keys], summary_rows(groups, final_keys), left_columns=1)
-        + "<p class=legend>Lines: mean over the runs of a group (configs equal except the seed); bands: ±1 std "
-          "(sample std) at the steps every run logged.</p>"
+        + "<p class=legend>Lines: mean over the runs of a group (configs equal in what changes the method: "
+          "the seed, paths, threads, micro-batches and logging aside; one study cell); bands: ±1 std "
+          "(sample std) at the steps every run logged. Held-out accuracy measured only before and after "
+          "training: two points with ±1 std bars.</p>"
         + "".join(images)
     )
     html_path = out_dir / "report.html"

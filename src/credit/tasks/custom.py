@@ -73,10 +73,16 @@ class RewardFunctionError(Exception):
 _FILE_MODULES: dict[str, Any] = {}  # resolved path -> module: a file named twice is executed once
 
 
+def searched(path: Path) -> str:
+    """Where a missing relative path was looked for: it resolves from the working directory (the
+    directory ``credit`` runs in, not the config file's), and the error must say so."""
+    return "" if path.is_absolute() else f" (a relative path is read from the working directory {Path.cwd()})"
+
+
 def _load_file(path_text: str, spec: str, what: str):
     path = Path(path_text).expanduser()
     if not path.is_file():
-        raise ValueError(f"{what} '{spec}': file {path_text} does not exist")
+        raise ValueError(f"{what} '{spec}': file {path_text} does not exist{searched(path)}")
     key = str(path.resolve())
     if key in _FILE_MODULES:
         return _FILE_MODULES[key]
@@ -270,7 +276,7 @@ def _read_rows(path: str, split: str) -> tuple[list[Row], dict[str, list[Row]] |
     if p.is_dir():
         return _read_datasets_folder(p, path, split)
     if not p.exists():
-        raise DataError(path, None, None, "no such file or folder")
+        raise DataError(path, None, None, f"no such file or folder{searched(p)}")
     suffix = p.suffix.lower()
     if suffix in (".jsonl", ".json"):
         return [(row, path, line, f"line{line}") for line, row in _io.read_json_rows(p)], None
