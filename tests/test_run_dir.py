@@ -59,7 +59,7 @@ def test_a_read_only_out_dir_is_one_line_and_leaves_no_folder(tmp_path, monkeypa
     assert not (tmp_path / "new").exists()  # the folders made for the check are gone again
     monkeypatch.undo()
     runs.prepare_run_dir(tmp_path / "new" / "run", resume=False, overwrite=False)
-    assert list(tmp_path.iterdir()) == []  # a writable one: checked, nothing left behind
+    assert list((tmp_path / "new" / "run").iterdir()) == []  # a writable one: made, and no probe left in it
 
 
 # ----------------------------------------------------------------------------- item 6: stubs and --overwrite

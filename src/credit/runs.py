@@ -106,8 +106,9 @@ def existing_run(out: Path) -> list[str]:
 
 def check_writable(out: Path) -> None:
     """Create ``out`` (and its parents) and write a file in it, or say in one line that out_dir cannot be
-    written; folders made only for the check are removed again. Done before any model loads: the first
-    write of a run comes after minutes of loading, and its error would name a file, not out_dir."""
+    written (and remove the folders made for the attempt). Done before any model loads: the first write
+    of a run comes after minutes of loading, and its error would name a file, not out_dir. A folder
+    made for a check that passed stays: every process of a distributed run checks at once."""
     missing = [p for p in (out, *out.parents) if not p.exists()]
     probe = out / f".credit-write-check.{os.getpid()}.tmp"
     try:
@@ -115,13 +116,12 @@ def check_writable(out: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        where = f" ({e.filename})" if e.filename and str(e.filename) != str(out) else ""
-        raise UserError(f"out_dir={out} cannot be written: {e.strerror or e}{where}; set out_dir to a directory "
-                        "you can write") from None
-    finally:
         for p in missing:  # innermost first
             with contextlib.suppress(OSError):
                 p.rmdir()
+        where = f" ({e.filename})" if e.filename and str(e.filename) != str(out) else ""
+        raise UserError(f"out_dir={out} cannot be written: {e.strerror or e}{where}; set out_dir to a directory "
+                        "you can write") from None
 
 
 def prepare_run_dir(out: Path, resume: bool | str, overwrite: bool) -> None:
