@@ -11,6 +11,12 @@ rounds, medians), so that a shared, noisy machine slows every backend alike:
 Responses end on their own only with a trained model (SmolLM2, the default); with random weights
 (``--model qwen3-0.6b`` on a GPU) only ``forced`` is meaningful.
 
+Warm-up, just before a backend's first timed call: ``generate`` and ``loop`` sample 2 prompts x 2;
+``static`` samples the setting's own batch once, because its compiled decode step (CUDA) is specialised
+to the batch and cache shape, and a smaller warm-up would compile it a second time inside the timed
+round. ``--jsonl`` appends one line per sampling call (warm-ups included, marked) as it finishes, so a
+run cut short keeps what it timed (the backends in ``--backends`` order).
+
     OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/rollout_backends.py --json out.json
 """
 
@@ -20,10 +26,11 @@ import argparse
 import json
 import statistics
 import tempfile
+import time
 
 import torch
 
-from credit.bench import prepare_model
+from credit.bench import append_jsonl, prepare_model
 from credit.models import load_model
 from credit.rollout import SamplingConfig, encode_prompts, sample
 from credit.tasks import build_task
@@ -53,27 +60,40 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--json", dest="json_out")
+    ap.add_argument("--jsonl", help="append one JSON line per sampling call here as it finishes")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as folder:
-        name = prepare_model(args.model, args.dtype, folder)
+        name = prepare_model(args.model, args.dtype, folder, args.device)
         model, tok = load_model(name, dtype=args.dtype, device=args.device)
     task = build_task("addition")
     backends = args.backends.split(",")
-    result = {"model": args.model, "dtype": args.dtype, "device": args.device, "threads": torch.get_num_threads(),
-              "repeats": args.repeats, "settings": {}}
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    result = {"model": args.model, "dtype": args.dtype, "device": args.device, "device_name": device_name,
+              "threads": torch.get_num_threads(), "repeats": args.repeats, "settings": {}}
+    emit = (lambda rec: append_jsonl(args.jsonl, rec)) if args.jsonl else (lambda rec: None)
     for label in args.settings.split(","):
         conversations, cfg = settings(task, args.forced_len)[label]
         prompts = encode_prompts(tok, conversations)
-        for backend in backends:  # warm-up (and compilation)
-            sample(model, tok, prompts[:2], cfg, num_samples=2, backend=backend)
+        where = {"kind": "rollout", "setting": label, "model": args.model, "dtype": args.dtype,
+                 "device": device_name, "sequences": len(prompts) * cfg.num_samples,
+                 "max_new_tokens": cfg.max_new_tokens}
         runs = {b: [] for b in backends}
-        for _ in range(args.repeats):
+        for r in range(args.repeats):
             for backend in backends:
+                if r == 0:  # its warm-up (and, for static on CUDA, its one compilation) just before its first round
+                    t0 = time.perf_counter()
+                    if backend == "static":
+                        sample(model, tok, prompts, cfg, backend=backend)
+                    else:
+                        sample(model, tok, prompts[:2], cfg, num_samples=2, backend=backend)
+                    emit({**where, "backend": backend, "warmup": True, "seconds": time.perf_counter() - t0})
                 out = sample(model, tok, prompts, cfg, backend=backend)
                 runs[backend].append((out.seconds, out.tokens, sum(len(y) for y in out.response_ids)))
+                emit({**where, "backend": backend, "warmup": False, "round": r + 1, "seconds": out.seconds,
+                      "tokens": out.tokens, "tokens_per_s": out.tokens / out.seconds})
         rows = {}
         for backend, rs in runs.items():
             seconds = statistics.median(r[0] for r in rs)

@@ -14,6 +14,8 @@ restarts afterwards. The first step of each side is a warm-up and is dropped.
         --threads 1 --json benchmarks/results/trl_peer_cpu.json
 
 Throughput ratio = (our tokens/s) / (TRL's tokens/s) = TRL step time / our step time (same tokens).
+``--jsonl`` appends each timed step of either side as one JSON line the moment it ends (a run cut short
+keeps them; the warm-up steps are marked).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from credit.bench import Bench, methods_for  # noqa: E402
+from credit.bench import Bench, append_jsonl, methods_for  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -44,6 +46,7 @@ def main(argv=None) -> int:
     p.add_argument("--ours", default="sdpo-token,credit-token-k1", help="our methods to interleave")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 avoids OpenMP collapse on a shared machine)")
     p.add_argument("--json", dest="json_out")
+    p.add_argument("--jsonl", help="append each step of either side here as one JSON line when it ends")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -52,16 +55,19 @@ def main(argv=None) -> int:
     from transformers import TrainerCallback
     from trl.experimental.sdpo import SDPOConfig, SDPOTrainer
 
-    from credit.models import resolve
+    from credit.models import load_tokenizer, resolve
 
     wanted = args.ours.split(",")
     methods = [m for m in methods_for((1,), 100, args.prompts) if m.label in wanted]
     bench = Bench(model=args.model, prompts=args.prompts, samples=args.samples, prompt_len=args.prompt_len,
                   response_len=args.response_len, dtype=args.dtype, methods=methods)
-    cuda = bench.trainer.acc.device.type == "cuda"
-    model_dir = resolve(bench.configs[methods[0].label].model.name)
+    cuda = bench.device_type == "cuda"
+    model_dir = resolve(bench.model_dir)
+    tokenizer = load_tokenizer(model_dir)
     n, L, g = args.prompts * args.samples, args.response_len, args.samples
-    examples = bench.trainer.train_split
+    examples = bench.task.examples("train")
+    emit = (lambda rec: append_jsonl(args.jsonl, rec)) if args.jsonl else (lambda rec: None)
+    where = {"kind": "peer_step", **bench.describe()}
     ds = Dataset.from_list([{"prompt": e.messages} for _ in range(args.steps + 2) for e in examples])
 
     def reward(completions, **kw):  # 1, 0, 1, 0 … as SyntheticTask
@@ -85,8 +91,13 @@ def main(argv=None) -> int:
         def on_step_end(self, *a, **k):
             self._sync()
             self.trl.append(time.perf_counter() - self.start)
+            step = len(self.trl) - 1  # 0 is the warm-up
+            emit({**where, "side": "trl-sdpo", "step": step, "warmup": step == 0, "seconds": self.trl[-1],
+                  "tokens": n * L})
             for m in methods:
                 ours[m.label].append(bench.step(m))
+                emit({**where, "side": m.label, "step": step, "warmup": step == 0, "seconds": ours[m.label][-1]["step"],
+                      "tokens": ours[m.label][-1]["tokens"], "phases": ours[m.label][-1]})
             self._sync()
             self.start = time.perf_counter()
 
@@ -100,7 +111,7 @@ def main(argv=None) -> int:
         teacher_model_kind="ema", teacher_update_rate=0.05, use_successful_as_teacher=True,
         success_reward_threshold=1.0, include_environment_feedback=False)
     trainer = SDPOTrainer(model=model_dir, reward_funcs=reward, args=cfg, train_dataset=ds,
-                          processing_class=bench.trainer.tok)
+                          processing_class=tokenizer)
     cb = Interleave()
     trainer.add_callback(cb)
     if cuda:

@@ -4,9 +4,12 @@ One process, one model, one ``Trainer``; a fixed synthetic batch (B prompts × G
 about ``prompt_len`` tokens, responses forced to exactly ``response_len`` tokens by suppressing eos),
 and the real step: ``Trainer.run_step`` (rollout → outcomes → teacher contexts and negatives →
 ``method.prepare`` → update → ``teacher.update``), on a fresh Trainer each time so that every step
-starts from the same weights. Methods are interleaved across repeats (A B C … A B C …) so machine
-noise hits all of them alike; medians are reported, and CREDIT/SDPO ratios are taken per repeat
-(paired) before the median.
+starts from the same weights; each Trainer is freed before the next is built (its LR scheduler and
+the Trainer refer to each other, so only ``gc.collect()`` frees it; then CUDA's cache is emptied),
+so one method's memory never counts in another's peak. Methods are interleaved across repeats
+(A B C … A B C …) so machine noise hits all of them alike; medians are reported, and CREDIT/SDPO
+ratios are taken per repeat (paired) before the median. ``--jsonl`` appends every step and every
+paired ratio as one JSON line the moment it is measured, so a run cut short keeps what it measured.
 
 Phases (seconds, per step):
   rollout         ``sample`` (generation)                 tokens/s over the N·L response tokens
@@ -36,12 +39,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
+import json
 import os
 import random
 import statistics
 import tempfile
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -104,23 +110,60 @@ def methods_for(ks: Sequence[int], top_k: int, prompts: int) -> list[Method]:
 
 # ----------------------------------------------------------------------------- model and timers
 
+#: Larger architectures for speed and memory measurements only (``credit.models.ARCHITECTURES`` holds the
+#: ones tests and examples use). Values copied from the published config.json files.
+LARGE_ARCHITECTURES: dict[str, dict] = {
+    "qwen3-4b": dict(
+        model_type="qwen3", vocab_size=151936, hidden_size=2560, intermediate_size=9728,
+        num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+        max_position_embeddings=40960, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151645,
+    ),
+    "qwen3-8b": dict(
+        model_type="qwen3", vocab_size=151936, hidden_size=4096, intermediate_size=12288,
+        num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+        max_position_embeddings=40960, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
+        tie_word_embeddings=False, bos_token_id=151643, eos_token_id=151645,
+    ),
+}
 
-def prepare_model(spec: str, dtype: str, folder: str) -> str:
+
+def prepare_model(spec: str, dtype: str, folder: str, device: str | None = None) -> str:
     """A name ``Trainer`` can load: ``tiny`` and architecture names are built with random weights
-    (on the SmolLM2 tokenizer) and saved into ``folder``; anything else is returned as is."""
+    (on the SmolLM2 tokenizer) and saved into ``folder``; anything else is returned as is. On a GPU
+    the weights are drawn there (seconds for 8B parameters, where a CPU takes minutes)."""
     from credit.models import ARCHITECTURES, load_tokenizer, model_from_config, tiny_model
 
-    if spec != "tiny" and spec not in ARCHITECTURES:
+    if spec != "tiny" and spec not in ARCHITECTURES and spec not in LARGE_ARCHITECTURES:
         return spec
     try:
         tok = load_tokenizer()
     except ImportError:  # no SmolLM2 package (e.g. a bare GPU machine): a word-level stand-in
         tok = word_tokenizer(32_000)
-    model = tiny_model(tok, dtype=dtype) if spec == "tiny" else model_from_config(spec, dtype=dtype)
+    device = device if device is not None else ("cuda" if torch.cuda.is_available() else None)
+    if spec == "tiny":
+        model = tiny_model(tok, dtype=dtype, device=device)
+    else:
+        model = model_from_config(LARGE_ARCHITECTURES.get(spec, spec), dtype=dtype, device=device)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     del model
+    free_memory()
     return folder
+
+
+def free_memory() -> None:
+    """Free what nothing refers to any more, cycles included (a Trainer and its LR scheduler refer to
+    each other), and hand CUDA's cached blocks back so the next peak starts from what is live."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def append_jsonl(path: str | os.PathLike, record: dict) -> None:
+    """One JSON line, appended and closed at once: a run killed later keeps every line written before."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def word_tokenizer(size: int):
@@ -234,93 +277,172 @@ class Bench:
     seed: int = 0
     threads: int | str | None = None
     methods: list[Method] = field(default_factory=list)
+    warmup_len: int | None = None  # response tokens of a warm-up step (None: response_len)
+    overrides: tuple[str, ...] = ()  # more config overrides for every method (e.g. model.lora.r=16)
 
     def __post_init__(self):
         from credit.config import load_config
-        from credit.train import Trainer
 
         self._tmp = tempfile.TemporaryDirectory(prefix="credit-bench-")
-        name = prepare_model(self.model, self.dtype, self._tmp.name)
         self.micro_batch = self.micro_batch or self.prompts * self.samples
-        base = [f"model.name={name}", f"model.dtype={self.dtype}", f"seed={self.seed}",
-                f"out_dir={self._tmp.name}/run", "task.name=bench-synthetic",
-                f"rollout.prompts_per_step={self.prompts}", f"rollout.samples_per_prompt={self.samples}",
-                f"rollout.max_new_tokens={self.response_len}", "rollout.temperature=1.0",
-                f"rollout.micro_batch={self.prompts * self.samples}", f"optim.micro_batch={self.micro_batch}",
-                f"optim.lr={self.lr}", "teacher.kind=ema", "teacher.update_rate=0.05", "log.rollouts_every=0",
-                "log.tensorboard=false", "log.progress=false"]
-        if self.device:
-            base.append(f"device={self.device}")
-        if self.threads is not None:
-            base.append(f"threads={self.threads}")
         self.methods = self.methods or methods_for(self.ks, self.top_k, self.prompts)
-        self.configs = {m.label: load_config(None, [*base, *m.overrides]) for m in self.methods}
         self.task = SyntheticTask(self.prompts, self.prompt_len, self.seed)
-        self._trainer = Trainer
-        device = Trainer(self.configs[self.methods[0].label], task=self.task).acc.device
-        self.device_name = (torch.cuda.get_device_name() if device.type == "cuda"
+
+        def configs(response_len: int) -> dict:
+            base = [f"model.name={self.model_dir}", f"model.dtype={self.dtype}", f"seed={self.seed}",
+                    f"out_dir={self._tmp.name}/run", "task.name=bench-synthetic",
+                    f"rollout.prompts_per_step={self.prompts}", f"rollout.samples_per_prompt={self.samples}",
+                    f"rollout.max_new_tokens={response_len}", "rollout.temperature=1.0",
+                    f"rollout.micro_batch={self.prompts * self.samples}", f"optim.micro_batch={self.micro_batch}",
+                    f"optim.lr={self.lr}", "teacher.kind=ema", "teacher.update_rate=0.05", "log.rollouts_every=0",
+                    "log.tensorboard=false", "log.progress=false", *([f"device={self.device}"] if self.device else []),
+                    *([f"threads={self.threads}"] if self.threads is not None else []), *self.overrides]
+            return {m.label: load_config(None, [*base, *m.overrides]) for m in self.methods}
+
+        # the configs are validated before any model is built: a wrong override fails in a second
+        self.model_dir = self.model
+        configs(self.response_len)
+        self.model_dir = prepare_model(self.model, self.dtype, self._tmp.name, self.device)
+        self.configs = configs(self.response_len)
+        self.warmup_configs = configs(self.warmup_len or self.response_len)
+        # the device the Trainer's accelerator will pick, without building one
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device_type = torch.device(device).type
+        self.device_name = (torch.cuda.get_device_name() if self.device_type == "cuda"
                             else f"CPU ({torch.get_num_threads()} threads, {os.cpu_count()} cores)")
 
-    def step(self, method: Method) -> dict:
-        """One full training step of ``method`` on the fixed batch -> seconds per phase, tokens, memory."""
-        trainer = self._trainer(self.configs[method.label], task=self.task)
-        with forced_length(), PeakMemory(trainer.acc.device) as mem:
-            metrics, _ = trainer.run_step(0)  # step 0 every time: the same prompts, the same seeds
-        del trainer
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    def step(self, method: Method, warmup: bool = False) -> dict:
+        """One full training step of ``method`` on the fixed batch -> seconds per phase, tokens, memory.
+        The Trainer is freed before this returns, also when the step raises."""
+        from credit.train import Trainer
+
+        free_memory()
+        t0 = time.perf_counter()
+        trainer = Trainer((self.warmup_configs if warmup else self.configs)[method.label], task=self.task)
+        setup_s = time.perf_counter() - t0
+        try:
+            with forced_length(), PeakMemory(trainer.acc.device) as mem:
+                metrics, _ = trainer.run_step(0)  # step 0 every time: the same prompts, the same seeds
+        finally:
+            del trainer
+            free_memory()
         out = phases(metrics)
         out["tokens"] = round(metrics["perf/tokens_per_s"] * metrics["perf/step_s"])
         out["peak_mem_bytes"] = mem.peak
+        out["setup_s"] = setup_s
         return out
 
-    def run(self, repeats: int = 3, warmup: int = 1, log=functools.partial(print, flush=True)) -> dict:
+    def run(self, repeats: int = 3, warmup: int = 1, log=functools.partial(print, flush=True),
+            record: Callable[[dict], None] | None = None, keep_going: bool = False) -> dict:
+        """Interleaved rounds (``warmup`` untimed, then ``repeats`` timed) -> ``summarize``'s result.
+        ``record`` gets each step and each paired CREDIT/SDPO ratio as a dict the moment it exists.
+        ``keep_going``: a step that raises (out of memory, …) is recorded and its method dropped."""
         runs: dict[str, list[dict]] = {m.label: [] for m in self.methods}
+        failed: dict[str, str] = {}  # label -> the error of its failed step
+        by_label = {m.label: m for m in self.methods}
+        emit = record or (lambda _: None)
+        emit({"kind": "setup", **self.describe(), "methods": [m.label for m in self.methods],
+              "repeats": repeats, "warmup": warmup})
         for r in range(warmup + repeats):
+            timed = r >= warmup
+            name = f"repeat {r - warmup + 1}" if timed else "warmup"
             for m in self.methods:  # interleaved: A B C … A B C …
-                res = self.step(m)
-                if r >= warmup:
-                    runs[m.label].append(res)
-                log(f"  {'warmup' if r < warmup else f'repeat {r - warmup + 1}'} {m.label}: {res['step']:.2f} s")
-        return summarize(self, runs, repeats)
+                if m.label in failed:
+                    continue
+                base = {"kind": "step", "method": m.label, "family": m.family, "k": m.k,
+                        "repeat": r - warmup + 1 if timed else None, "warmup": not timed}
+                try:
+                    res = self.step(m, warmup=not timed)
+                except Exception as e:
+                    if not keep_going:
+                        raise
+                    failed[m.label], res = error_line(e), None
+                if res is None:  # freed here, past the except block: its traceback held the step's Trainer
+                    free_memory()
+                    emit({**base, "error": failed[m.label]})
+                    log(f"  {name} {m.label}: failed: {failed[m.label]}")
+                    continue
+                emit({**base, **step_record(res, m)})
+                log(f"  {name} {m.label}: {res['step']:.2f} s")
+                if not timed:
+                    continue
+                runs[m.label].append(res)
+                # a CREDIT/SDPO pair of this round is complete when its second member lands
+                pairs = [(m.label, SDPO_OF.get(m.family))] if m.k else [(c.label, m.label) for c in self.methods
+                                                                       if c.k and SDPO_OF.get(c.family) == m.label]
+                for a, b in pairs:
+                    if b in runs and len(runs[a]) == len(runs[b]) == r - warmup + 1:
+                        emit({"kind": "ratio", "ratio": f"{a}/{b}", "repeat": r - warmup + 1,
+                              **pair_ratio(runs[a][-1], runs[b][-1], by_label[a].k)})
+        runs = {label: rs for label, rs in runs.items() if rs}
+        result = summarize(self, runs, repeats)
+        if failed:
+            result["failed"] = failed
+        return result
+
+    def describe(self) -> dict:
+        return {"device": self.device_name, "model": self.model, "dtype": self.dtype, "torch": torch.__version__,
+                "batch": {"prompts": self.prompts, "samples": self.samples, "prompt_words": self.prompt_len,
+                          "response_len": self.response_len, "micro_batch": self.micro_batch, "top_k": self.top_k},
+                "overrides": list(self.overrides)}
 
     def close(self):
         self._tmp.cleanup()
 
 
 PHASES = ("rollout", "task", "context", "teacher", "negatives", "update", "teacher_update", "learner", "step")
+#: the SDPO a CREDIT variant is compared to, by family
+SDPO_OF = {"token": "sdpo-token", "logit": "sdpo-logit"}
+
+
+def tokens_per_s(seconds: dict[str, float], tokens: int, k: int) -> dict[str, float]:
+    """Tokens per second of each phase: N·L response tokens, K·N·L for the negatives."""
+    scored = {"rollout": tokens, "teacher": tokens, "negatives": k * tokens, "update": tokens, "step": tokens}
+    return {p: n / seconds[p] for p, n in scored.items() if n and seconds[p] > 0}
+
+
+def pair_ratio(credit: dict, sdpo: dict, k: int) -> dict[str, float]:
+    """CREDIT/SDPO of one round's two steps, and the floor: exact CREDIT pays K more teacher passes,
+    so it cannot take less than 1 + K·t_teacher/t_step(SDPO) of SDPO's step."""
+    return {"step": credit["step"] / sdpo["step"], "learner": credit["learner"] / sdpo["learner"],
+            "floor": 1 + k * sdpo["teacher"] / sdpo["step"]}
+
+
+def step_record(res: dict, m: Method) -> dict:
+    """One step as a JSON line: seconds per phase, tokens/s, peak memory, and the Trainer's build time."""
+    return {"seconds": {p: res[p] for p in PHASES}, "tokens": res["tokens"],
+            "tokens_per_s": tokens_per_s(res, res["tokens"], m.k), "peak_mem_gib": res["peak_mem_bytes"] / 2**30,
+            "setup_s": res["setup_s"]}
+
+
+def error_line(e: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message (an OOM's is long)."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:500]}" if text else type(e).__name__
 
 
 def summarize(bench: Bench, runs: dict[str, list[dict]], repeats: int) -> dict:
     by_label = {m.label: m for m in bench.methods}
     methods = {}
     for label, rs in runs.items():
-        m, tokens = by_label[label], rs[0]["tokens"]
+        m = by_label[label]
         med = {p: statistics.median(r[p] for r in rs) for p in PHASES}
-        scored = {"rollout": tokens, "teacher": tokens, "negatives": m.k * tokens, "update": tokens, "step": tokens}
         methods[label] = {
             "family": m.family, "k": m.k, "seconds": med, "seconds_all": {p: [r[p] for r in rs] for p in PHASES},
-            "tokens_per_s": {p: n / med[p] for p, n in scored.items() if n and med[p] > 0},
+            "tokens_per_s": tokens_per_s(med, rs[0]["tokens"], m.k),
             "peak_mem_gib": max(r["peak_mem_bytes"] for r in rs) / 2**30,
         }
     ratios = {}
     for label, rs in runs.items():
         m = by_label[label]
-        base = {"token": "sdpo-token", "logit": "sdpo-logit"}.get(m.family)
+        base = SDPO_OF.get(m.family)
         if not m.k or base not in runs:
             continue
-        pairs = list(zip(rs, runs[base]))
-        ratios[f"{label}/{base}"] = {
-            "step": statistics.median(a["step"] / b["step"] for a, b in pairs),
-            "learner": statistics.median(a["learner"] / b["learner"] for a, b in pairs),
-            # exact CREDIT pays K more teacher passes: 1 + K·t_teacher/t_step(SDPO), per repeat
-            "floor": statistics.median(1 + m.k * b["teacher"] / b["step"] for _, b in pairs),
-        }
+        pairs = [pair_ratio(a, b, m.k) for a, b in zip(rs, runs[base])]
+        ratios[f"{label}/{base}"] = {key: statistics.median(p[key] for p in pairs)
+                                     for key in ("step", "learner", "floor")}
     return {
-        "device": bench.device_name, "model": bench.model, "dtype": bench.dtype, "torch": torch.__version__,
-        "batch": {"prompts": bench.prompts, "samples": bench.samples, "prompt_words": bench.prompt_len,
-                  "response_len": bench.response_len, "micro_batch": bench.micro_batch, "top_k": bench.top_k},
-        "repeats": repeats, "methods": methods, "ratios": ratios,
+        **bench.describe(), "repeats": repeats, "methods": methods, "ratios": ratios,
         "notes": "median over interleaved repeats; ratios are medians of per-repeat (paired) ratios; "
                  "learner = teacher + negatives + update + teacher_update",
     }
@@ -367,22 +489,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "interleaved across repeats; prints medians and CREDIT/SDPO ratios.")
     p.add_argument("--model", default="tiny",
                    help="tiny | smollm2-135m-instruct | an architecture with random weights (qwen3-0.6b, "
-                        "qwen3-1.7b, smollm2-135m) | a Hugging Face id or path (default tiny)")
+                        "qwen3-1.7b, qwen3-4b, qwen3-8b, smollm2-135m) | a Hugging Face id or path (default tiny)")
     p.add_argument("--prompts", "-B", type=int, default=5, help="B prompt groups (K <= B-1; default 5)")
     p.add_argument("--samples", "-G", type=int, default=4, help="G rollouts per prompt (>= 3 keeps every rollout's demo; default 4)")
     p.add_argument("--prompt-len", type=int, default=32, help="words per synthetic prompt (~1 token each; default 32)")
     p.add_argument("--response-len", type=int, default=32, help="response tokens, forced (default 32)")
     p.add_argument("--ks", default="1,2,4", help="CREDIT negatives K to time, comma-separated (default 1,2,4)")
     p.add_argument("--top-k", type=int, default=100, help="logit-mode support: student top-K plus a tail (default 100)")
-    p.add_argument("--methods", help="only these labels, comma-separated (e.g. sdpo-token,credit-token-k1)")
+    p.add_argument("--methods", help="only these labels, comma-separated, run in this order "
+                                      "(e.g. sdpo-token,credit-token-k1)")
     p.add_argument("--micro-batch", type=int, help="sequences per forward/backward (default B·G)")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per method (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per method first (default 1)")
+    p.add_argument("--warmup-len", type=int, help="response tokens of a warm-up step (default --response-len; "
+                   "fewer warm the kernels for less time)")
     p.add_argument("--device", help="cpu, cuda (default: what accelerate picks)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="(default float32)")
     p.add_argument("--threads", type=_threads, help="torch CPU threads, or auto (credit.threads; default: auto, as credit train)")
     p.add_argument("--seed", type=int, default=0, help="(default 0)")
     p.add_argument("--json", dest="json_out", help="write the result here")
+    p.add_argument("--jsonl", help="append each step and each paired CREDIT/SDPO ratio here as one JSON line the "
+                   "moment it is measured (a run cut short keeps them)")
+    p.add_argument("--keep-going", action="store_true", help="a step that fails (out of memory, …) is reported "
+                   "and its method dropped; the others go on")
     p.set_defaults(func=run, command="bench")
 
 
@@ -400,7 +529,8 @@ def _threads(text: str) -> int | str:
 
 def run(args) -> int:
     for flag, value, least in (("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0), ("--prompts", args.prompts, 2),
-                               ("--samples", args.samples, 1), ("--response-len", args.response_len, 1)):
+                               ("--samples", args.samples, 1), ("--response-len", args.response_len, 1),
+                               ("--warmup-len", 1 if args.warmup_len is None else args.warmup_len, 1)):
         if value < least:
             raise ValueError(f"{flag}={value}: must be >= {least}")
     ks = tuple(int(k) for k in str(args.ks).split(",") if k.strip())
@@ -410,17 +540,20 @@ def run(args) -> int:
         unknown = set(wanted) - {m.label for m in methods}
         if unknown:
             raise ValueError(f"--methods: unknown {sorted(unknown)}; known: {[m.label for m in methods]}")
-        methods = [m for m in methods if m.label in wanted]
+        by_label = {m.label: m for m in methods}
+        methods = [by_label[label] for label in dict.fromkeys(wanted)]  # in the order given
     bench = Bench(model=args.model, prompts=args.prompts, samples=args.samples, prompt_len=args.prompt_len,
                   response_len=args.response_len, ks=ks, top_k=args.top_k, micro_batch=args.micro_batch,
-                  device=args.device, dtype=args.dtype, seed=args.seed, threads=args.threads, methods=methods)
+                  device=args.device, dtype=args.dtype, seed=args.seed, threads=args.threads, methods=methods,
+                  warmup_len=args.warmup_len)
+    record = functools.partial(append_jsonl, args.jsonl) if args.jsonl else None
     try:
-        result = bench.run(args.repeats, args.warmup)
+        result = bench.run(args.repeats, args.warmup, record=record, keep_going=args.keep_going)
     finally:
         bench.close()
-    print_tables(result)
-    if args.json_out:
+    if args.json_out:  # before the tables: the result is kept even where rich is missing
         from credit.viz import write_json
 
         write_json(args.json_out, result)
-    return 0
+    print_tables(result)
+    return 1 if result.get("failed") else 0
