@@ -1,19 +1,31 @@
 """Peak memory of the log-prob paths with a large vocabulary: chunked (ours) vs a naive full softmax.
 
-Each variant runs in a fresh child process (on ``--device cuda``: ``max_memory_allocated`` instead of RSS) (``python memory.py --child VARIANT ...``) that allocates
-the logits, records its RSS, runs the variant (forward, and backward when ``--backward``), and
-reports ``ru_maxrss`` (the process's high-water mark). The extra memory of a variant is
-``peak − RSS after the logits exist``; the logits themselves (and, with backward, their gradient,
-which autograd needs in every variant) are the same for all.
+Each variant runs in a fresh child process (``python memory.py --child VARIANT ...``) that allocates its
+inputs, records its RSS (on ``--device cuda``: ``memory_allocated``), runs the variant (forward, and
+backward when ``--backward``), and reports ``ru_maxrss`` (the process's high-water mark; on CUDA
+``max_memory_allocated``). The extra memory of a variant is ``peak − memory once its inputs exist``.
 
-Variants (logits (T, V) predicting T response tokens):
+From logits (T, V) predicting T response tokens (the logits, and with backward their gradient, are
+the same for every variant):
   token-naive      log_softmax(logits.float() / T_s).gather(tokens)          (full fp32 copy)
   token-chunked    credit.signal.token_logprobs (chunked logsumexp, 256 MiB chunks)
   topk-naive       log_softmax(logits.float()) then gather the top-K + tail bucket
   topk-chunked     credit.objectives.support_logprobs(logits, topk_index(logits, K), tail=True)
 
+From hidden states (T, H) and the head W (V, H): the loss path of training, hidden states in, a
+loss (−Σ A·ℓ with fixed random A) and its gradient out. ``--train-head`` also gives W a gradient
+(full fine-tuning; under LoRA the head is frozen); that gradient, (V, H) in W's dtype, is reported as
+``grad_gib`` with the states' own gradient, since AdamW needs it as ``.grad`` whatever computes it:
+  hidden-naive     logits = h·Wᵀ (T, V), then token-naive                     (what the loop did before)
+  hidden-fused     credit.signal.head_token_logprobs: lm_head + log-softmax per chunk of rows, backward
+                   to h and W chunk by chunk; no (T, V) tensor
+  hidden-topk      credit.signal.head_topk + head_logprobs at top-K and the token, then the top-K + tail
+                   support (logit mode)
+
     python benchmarks/memory.py --vocab 150000 --tokens 4096 --dtype float32 --backward \
         --json benchmarks/results/memory_cpu.json
+    python benchmarks/memory.py --vocab 151936 --tokens 8192 --hidden 4096 --backward --train-head \
+        --variants hidden-fused --json benchmarks/results/memory_hidden_cpu.json
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ import resource
 import subprocess
 import sys
 
-VARIANTS = ("token-naive", "token-chunked", "topk-naive", "topk-chunked")
+VARIANTS = ("token-naive", "token-chunked", "topk-naive", "topk-chunked", "hidden-naive", "hidden-fused", "hidden-topk")
 
 
 def _rss_bytes() -> int:
@@ -34,7 +46,29 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def child(variant: str, vocab: int, tokens: int, dtype: str, backward: bool, k: int, device: str = "cpu") -> dict:
+def loss_path(variant: str, states, weight, tokens, advantage, k: int = 100):
+    """The loss of one hidden-state variant: −Σ A·ℓ (token variants) or −Σ A·support (top-K), a scalar.
+    ``tests/test_fused.py`` checks that the gradients of ``hidden-fused`` and ``hidden-naive`` agree."""
+    import torch
+
+    from credit import objectives as obj
+    from credit import signal
+
+    if variant == "hidden-naive":
+        logits = (states @ weight.t()).to(torch.promote_types(states.dtype, torch.float32))  # (T, V)
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None])[:, 0]
+        return -(advantage * logp).sum()
+    head = signal.Hidden(states, weight)
+    if variant == "hidden-fused":
+        return -(advantage * signal.head_token_logprobs(head, tokens)).sum()
+    index = signal.head_topk(head, k)  # (T, K)
+    picked = signal.head_logprobs(head, torch.cat([index, tokens[:, None]], -1))  # (T, K+1)
+    support = obj.support_from_topk(picked[:, :-1], tail=True)  # (T, K+1)
+    return -(advantage[:, None] * support).sum() - (advantage * picked[:, -1]).sum()
+
+
+def child(variant: str, vocab: int, tokens: int, dtype: str, backward: bool, k: int, device: str = "cpu",
+          hidden: int = 4096, train_head: bool = False) -> dict:
     import time
 
     import torch
@@ -45,16 +79,28 @@ def child(variant: str, vocab: int, tokens: int, dtype: str, backward: bool, k: 
     torch.manual_seed(0)
     dt = getattr(torch, dtype)
     cuda = device.startswith("cuda")
-    logits = torch.randn(tokens, vocab, dtype=dt, device=device).requires_grad_(backward)  # (T, V)
     ids = torch.randint(0, vocab, (tokens,), device=device)
-    index = logits.detach().topk(k, dim=-1).indices if variant.startswith("topk") else None  # (T, K)
+    out, grad_bytes = None, 0
+    if variant.startswith("hidden"):
+        states = torch.randn(tokens, hidden, dtype=dt, device=device).requires_grad_(backward)  # (T, H)
+        weight = (torch.randn(vocab, hidden, dtype=dt, device=device) / hidden**0.5).requires_grad_(
+            backward and train_head)  # (V, H)
+        advantage = torch.randn(tokens, device=device)
+        inputs = [states, weight]
+        grad_bytes = sum(t.numel() * t.element_size() for t in inputs if t.requires_grad)
+    else:
+        logits = torch.randn(tokens, vocab, dtype=dt, device=device).requires_grad_(backward)  # (T, V)
+        index = logits.detach().topk(k, dim=-1).indices if variant.startswith("topk") else None  # (T, K)
+        inputs = [logits]
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated() if cuda else _rss_bytes()
     t0 = time.perf_counter()
     with torch.set_grad_enabled(backward):
-        if variant == "token-naive":
+        if variant.startswith("hidden"):
+            out = loss_path(variant, states, weight, ids, advantage, k)
+        elif variant == "token-naive":
             out = naive_token_logprobs(logits, ids)
         elif variant == "token-chunked":
             out = token_logprobs(logits, ids)
@@ -73,7 +119,8 @@ def child(variant: str, vocab: int, tokens: int, dtype: str, backward: bool, k: 
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB
     return {"variant": variant, "peak_gib": peak / 2**30, "base_gib": base / 2**30,
             "extra_gib": (peak - base) / 2**30, "seconds": seconds,
-            "logits_gib": logits.numel() * logits.element_size() / 2**30}
+            "inputs_gib": sum(t.numel() * t.element_size() for t in inputs) / 2**30,
+            "grad_gib": grad_bytes / 2**30, "extra_minus_grad_gib": (peak - base - grad_bytes) / 2**30}
 
 
 def main(argv=None) -> int:
@@ -83,18 +130,22 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--backward", action="store_true", help="also backpropagate (the student's path)")
     p.add_argument("--top-k", type=int, default=100)
+    p.add_argument("--hidden", type=int, default=4096, help="hidden size of the hidden-* variants")
+    p.add_argument("--train-head", action="store_true", help="hidden-*: the head W gets a gradient too")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--device", default="cpu", help="cpu (peak RSS) or cuda (max_memory_allocated)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--json", dest="json_out")
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.vocab, args.tokens, args.dtype, args.backward, args.top_k, args.device)))
+        print(json.dumps(child(args.child, args.vocab, args.tokens, args.dtype, args.backward, args.top_k, args.device,
+                               args.hidden, args.train_head)))
         return 0
     rows = []
     for v in args.variants.split(","):
         cmd = [sys.executable, __file__, "--child", v, "--vocab", str(args.vocab), "--tokens", str(args.tokens),
-               "--dtype", args.dtype, "--top-k", str(args.top_k), "--device", args.device] + (["--backward"] if args.backward else [])
+               "--dtype", args.dtype, "--top-k", str(args.top_k), "--device", args.device, "--hidden", str(args.hidden)]
+        cmd += (["--backward"] if args.backward else []) + (["--train-head"] if args.train_head else [])
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
             rows.append({"variant": v, "error": out.stderr.strip().splitlines()[-1:]})
@@ -102,7 +153,7 @@ def main(argv=None) -> int:
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
     res = {"device": args.device, "vocab": args.vocab, "tokens": args.tokens, "dtype": args.dtype, "backward": args.backward,
-           "top_k": args.top_k, "rows": rows}
+           "top_k": args.top_k, "hidden": args.hidden, "train_head": args.train_head, "rows": rows}
     if args.json_out:
         from credit.viz import write_json
 

@@ -119,3 +119,34 @@ def test_lora_on_the_head_is_refused(fresh_tiny_model):
     model = get_peft_model(fresh_tiny_model, LoraConfig(r=2, target_modules=["lm_head", "q_proj"]))
     with pytest.raises(ValueError, match="leave lm_head out of model.lora.target_modules"):
         response_logprobs(model, pack([[1, 2, 3]], [[4, 5]], pad_id=0))
+
+
+def test_the_memory_benchmark_loss_path_has_the_naive_gradient_float64():
+    # benchmarks/memory.py measures hidden-fused / hidden-topk against hidden-naive: the same loss and gradient
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("credit_bench_memory", Path(__file__).parents[1] / "benchmarks" / "memory.py")
+    memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(memory)
+    g = torch.Generator().manual_seed(6)
+    states = torch.randn(37, 16, generator=g, dtype=torch.float64).requires_grad_(True)
+    weight = torch.randn(400, 16, generator=g, dtype=torch.float64).requires_grad_(True)
+    tokens, advantage = torch.randint(0, 400, (37,), generator=g), torch.randn(37, generator=g, dtype=torch.float64)
+    grads = {}
+    for variant in ("hidden-naive", "hidden-fused"):
+        loss = memory.loss_path(variant, states, weight, tokens, advantage)
+        grads[variant] = (loss.detach(), *torch.autograd.grad(loss, (states, weight)))
+    for a, b in zip(grads["hidden-naive"], grads["hidden-fused"]):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
+    # the top-K variant: the support from hidden states equals the one from the full log-softmax
+    loss = memory.loss_path("hidden-topk", states, weight, tokens, advantage, k=7)
+    full = torch.log_softmax(states @ weight.T, -1)
+    index = full.topk(7, -1).indices
+    from credit import objectives as obj
+
+    support = obj.support_from_topk(full.gather(-1, index), tail=True)
+    ref = -(advantage[:, None] * support).sum() - (advantage * full.gather(-1, tokens[:, None])[:, 0]).sum()
+    torch.testing.assert_close(loss, ref, atol=1e-11, rtol=0)
+    for a, b in zip(torch.autograd.grad(loss, (states, weight)), torch.autograd.grad(ref, (states, weight))):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
