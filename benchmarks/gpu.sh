@@ -7,8 +7,8 @@
 #   b (110)  the same step on Qwen3-8B's architecture with LoRA (Qwen3-4B if 8B does not run):
 #            whether it runs, peak memory, or the error                                 -> lora.jsonl
 #   c (60)   rollout backends generate / loop / static, 64 x 512 forced tokens          -> backends.jsonl
-#   d (30)   benchmarks/memory.py at V=151,936, 4,096 tokens, bf16, with backward     -> memory.jsonl
-#   e (20)   the TRL peer (benchmarks/trl_peer.py), only where trl and datasets import -> trl_peer.jsonl
+#   d (40)   benchmarks/memory.py at V=151,936, 4,096 tokens, bf16, with backward     -> memory.jsonl
+#   e (10)   the TRL peer (benchmarks/trl_peer.py), only where trl and datasets import -> trl_peer.jsonl
 # A part may use what the parts before it left of their budgets (each part's limit is its deadline).
 # Every part appends one JSON line per measurement as it finishes, so a part cut by its time limit
 # keeps what it measured. Before anything, the wheelhouse (make gpu-wheels; benchmarks/wheels/cpXY,
@@ -72,16 +72,16 @@ part b "${BUDGET_B:-110}" lora.jsonl \
 part c "${BUDGET_C:-60}" backends.jsonl \
   $PY benchmarks/rollout_backends.py --model $MODEL --dtype $DTYPE --settings forced --forced-len $L \
     --repeats $REP --jsonl "$OUT/backends.jsonl" --json "$OUT/backends.json"
-part d "${BUDGET_D:-30}" memory.jsonl \
+part d "${BUDGET_D:-40}" memory.jsonl \
   $PY benchmarks/gpu_memory.py --jsonl "$OUT/memory.jsonl" -- --device $DEV --dtype $MEMDTYPE \
     --vocab $V --tokens $T --backward
 # e: only where trl and datasets import; else one record that says why
 if $PY -c "import json, sys; i = json.load(open(sys.argv[1]))['imports']; sys.exit(not (i['trl']['ok'] and i['datasets']['ok']))" "$OUT/env.json" 2>/dev/null; then
-  part e "${BUDGET_E:-20}" trl_peer.jsonl \
+  part e "${BUDGET_E:-10}" trl_peer.jsonl \
     $PY benchmarks/trl_peer.py --model $MODEL --dtype $DTYPE -B $B -G $G --prompt-len $P --response-len $L \
       --steps 1 --jsonl "$OUT/trl_peer.jsonl" --json "$OUT/trl_peer.json"
 else
-  part e "${BUDGET_E:-20}" trl_peer.jsonl \
+  part e "${BUDGET_E:-10}" trl_peer.jsonl \
     $PY -c "import json, sys; open(sys.argv[1], 'a').write(json.dumps({'kind': 'trl_peer', 'skipped': 'trl or datasets does not import here (env.json); their wheels (pyarrow 52 MiB, pandas 11 MiB, ...) do not fit the 60 MiB wheelhouse'}) + '\n')" "$OUT/trl_peer.jsonl"
 fi
 

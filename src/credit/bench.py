@@ -129,22 +129,27 @@ LARGE_ARCHITECTURES: dict[str, dict] = {
 
 
 def prepare_model(spec: str, dtype: str, folder: str, device: str | None = None) -> str:
-    """A name ``Trainer`` can load: ``tiny`` and architecture names are built with random weights
-    (on the SmolLM2 tokenizer) and saved into ``folder``; anything else is returned as is. On a GPU
-    the weights are drawn there (seconds for 8B parameters, where a CPU takes minutes)."""
+    """A name ``Trainer`` can load: ``tiny`` and architecture names are built with random weights and
+    saved into ``folder``; anything else is returned as is. ``tiny`` is on the SmolLM2 tokenizer (a
+    word-level stand-in where its package is missing); an architecture on a word-level tokenizer with one
+    word per id of its vocabulary, so that every id it samples decodes and re-encodes to itself (a demo
+    in a teacher context is as long as the response it quotes). On a GPU the weights are drawn there
+    (seconds for 8B parameters, where a CPU takes minutes)."""
     from credit.models import ARCHITECTURES, load_tokenizer, model_from_config, tiny_model
 
     if spec != "tiny" and spec not in ARCHITECTURES and spec not in LARGE_ARCHITECTURES:
         return spec
-    try:
-        tok = load_tokenizer()
-    except ImportError:  # no SmolLM2 package (e.g. a bare GPU machine): a word-level stand-in
-        tok = word_tokenizer(32_000)
     device = device if device is not None else ("cuda" if torch.cuda.is_available() else None)
     if spec == "tiny":
+        try:
+            tok = load_tokenizer()
+        except ImportError:  # no SmolLM2 package (e.g. a bare GPU machine)
+            tok = word_tokenizer(32_000)
         model = tiny_model(tok, dtype=dtype, device=device)
     else:
-        model = model_from_config(LARGE_ARCHITECTURES.get(spec, spec), dtype=dtype, device=device)
+        arch = LARGE_ARCHITECTURES.get(spec) or ARCHITECTURES[spec]
+        tok = word_tokenizer(arch["vocab_size"])
+        model = model_from_config(arch, dtype=dtype, device=device)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     del model
