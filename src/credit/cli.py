@@ -16,7 +16,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # subcommands that live in their own modules; each has add_parser(subparsers) and run(args)
 SUBCOMMAND_MODULES = ["credit.evaluate", "credit.explain", "credit.pmi", "credit.report", "credit.bench",
-                      "credit.sweep"]
+                      "credit.sweep", "credit.plan"]
 
 
 def _train(args) -> int:
