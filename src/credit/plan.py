@@ -19,7 +19,8 @@ Each component is what the loop allocates (``credit.train``):
 - activations: what autograd keeps for the backward of one update micro-batch, measured per token and
   per layer on this CPU with a shrunk copy of the architecture (same head dim, hidden sizes / f), under
   the run's precision, times f; with ``model.gradient_checkpointing`` the layer inputs plus one layer.
-  Prefix sharing runs a group's prompt once (its KV cache indexed out to every row).
+  Prefix sharing runs a group's prompt once (its KV cache indexed out to every row); the loop turns it
+  off with checkpointing or sharding.
 - teacher passes: the teacher's no-grad forward of one micro-batch (one layer's activations at a time)
   and its prefix KV cache.
 
@@ -279,7 +280,7 @@ def estimate(cfg, shape: Shape, rates: tuple[float, float], gpus: int = 1, promp
     o = cfg.optim
     n = min(o.micro_batch, local_rollouts)
     resp = r.max_new_tokens
-    share = o.share_prefix and not cfg.model.gradient_checkpointing
+    share = o.share_prefix and not cfg.model.gradient_checkpointing and not fsdp  # as the loop decides
     groups = math.ceil(n / r.samples_per_prompt) if share else n
     tokens = groups * prompt_tokens + n * resp if share else n * (prompt_tokens + resp)
     prefix_kv = n * prompt_tokens * kv_token if share else 0.0  # the shared prompt's cache, indexed to n rows
@@ -295,9 +296,12 @@ def estimate(cfg, shape: Shape, rates: tuple[float, float], gpus: int = 1, promp
     # teacher passes: one micro-batch of contexts, no grad (a layer's activations at a time) and its KV cache
     ctx = context_tokens or min(cfg.teacher.max_context_tokens, prompt_tokens + 2 * resp + 128)
     teacher_tokens = n * (ctx + resp)
-    teacher_pass = teacher_tokens * per_layer + n * (ctx + resp) * kv_token * (1 if share else 0) \
+    share_teacher = o.share_prefix and not cfg.model.gradient_checkpointing  # the teacher shares even when sharded
+    teacher_pass = teacher_tokens * per_layer + n * (ctx + resp) * kv_token * (1 if share_teacher else 0) \
         + min(rows, n * resp) * shape.vocab * 4 * (2 if kind == "trust_region" else 1)
     logit_mode = method_uses_teacher and cfg.credit.mode == "logits"
+    if logit_mode and fsdp:  # logit mode's teacher passes run inside the update: the whole teacher gathered
+        copies_update += gathered_teacher
 
     persistent = weights + teacher + optimizer
     components = {
@@ -334,38 +338,47 @@ def _with(cfg, **changes):
 
 
 def suggestions(cfg, shape_of, rates_of, gpus: int, budget: float, **kw) -> list[tuple[str, float]]:
-    """Changes that bring the peak under ``budget`` bytes, each with its peak: checkpointing, a smaller
-    micro-batch, FSDP over these GPUs, more GPUs, LoRA."""
-    out: list[tuple[str, float]] = []
-
-    def peak(c, g=gpus):
-        return estimate(c, shape_of(c), rates_of(c), g, **kw).peak
-
-    tried = []  # (label, changes to the config, GPUs)
-    if not cfg.model.gradient_checkpointing:
-        tried.append(("model.gradient_checkpointing=true", dict(model__gradient_checkpointing=True), gpus))
-    mb = cfg.optim.micro_batch
+    """Changes that bring the peak under ``budget`` bytes, fewest changes first, each with its peak: among
+    gradient checkpointing, a smaller micro-batch, FSDP over these or more GPUs (up to 64), and LoRA."""
+    sharded = getattr(cfg, "parallel", "ddp") == "fsdp"
+    ckpt = [False, True] if not cfg.model.gradient_checkpointing else [True]
+    batches, mb = [cfg.optim.micro_batch], cfg.optim.micro_batch
     while mb > 1:
         mb //= 2
-        tried.append((f"optim.micro_batch={mb}", dict(optim__micro_batch=mb), gpus))
-        if not cfg.model.gradient_checkpointing:
-            tried.append((f"optim.micro_batch={mb} model.gradient_checkpointing=true",
-                          dict(optim__micro_batch=mb, model__gradient_checkpointing=True), gpus))
-    if gpus > 1 and getattr(cfg, "parallel", "ddp") != "fsdp":
-        tried.append((f"parallel=fsdp (over {gpus} GPUs)", dict(parallel="fsdp"), gpus))
-    for g in (2, 4, 8, 16, 32, 64):
-        if g > gpus:
-            tried.append(("parallel=fsdp", dict(parallel="fsdp"), g))
-    if cfg.model.lora is None:
-        tried.append(("model.lora={r: 16}", dict(model__lora={"r": 16}), gpus))
-    for label, changes, g in tried:
-        try:
-            value = peak(_with(cfg, **changes), g)
-        except ValueError:  # a combination the config refuses
-            continue
-        if value <= budget:
-            out.append((label + (f" --gpus {g}" if g != gpus else ""), value))
-    return out
+        batches.append(mb)
+    layouts = [(sharded, gpus)] + ([(True, gpus)] if gpus > 1 and not sharded else [])
+    layouts += [(True, g) for g in (2, 4, 8, 16, 32, 64) if g > gpus]
+    found = []
+    for lora in ([False, True] if cfg.model.lora is None else [False]):
+        for fsdp, g in layouts:
+            for checkpointing in ckpt:
+                for batch in batches:
+                    changes, labels = {}, []
+                    if checkpointing != cfg.model.gradient_checkpointing:
+                        changes["model__gradient_checkpointing"] = checkpointing
+                        labels.append("model.gradient_checkpointing=true")
+                    if batch != cfg.optim.micro_batch:
+                        changes["optim__micro_batch"] = batch
+                        labels.append(f"optim.micro_batch={batch}")
+                    if fsdp != sharded:
+                        changes["parallel"] = "fsdp"
+                        labels.append("parallel=fsdp")
+                    if lora:
+                        changes["model__lora"] = {"r": 16}
+                        labels.append("model.lora={r: 16}")
+                    if g != gpus:
+                        labels.append(f"--gpus {g}")
+                    if not labels:
+                        continue
+                    try:
+                        c = _with(cfg, **changes)
+                        value = estimate(c, shape_of(c), rates_of(c), g, **kw).peak
+                    except ValueError:  # a combination the config refuses
+                        continue
+                    if value <= budget:
+                        found.append((len(labels), g, -batch, " ".join(labels), value))
+                        break  # a smaller micro-batch with the same other changes fits too
+    return [(label, value) for *_, label, value in sorted(found)]
 
 
 def task_prompt_tokens(cfg, examples: int = 64) -> int | None:
@@ -421,7 +434,7 @@ def format_plan(cfg, plan: Plan, shape: Shape, gpus: int, gpu_memory: float | No
         lines.append(f"measured on this machine (tensor memory, peak over two steps): {g(measured)} {unit} "
                      f"(plan / measured = {plan.peak / measured:.2f})")
     if fits_with:
-        lines.append("fits with: " + "; ".join(f"{label} ({g(v)} {unit})" for label, v in fits_with[:6]))
+        lines.append("fits with: " + "; ".join(f"{label} ({g(v)} {unit})" for label, v in fits_with[:4]))
     elif gpu_memory and plan.peak > gpu_memory * GiB:
         lines.append("no single change tried here fits (checkpointing, micro-batch, FSDP up to 64 GPUs, LoRA)")
     return "\n".join(lines)
