@@ -94,9 +94,13 @@ def test_a_raising_reward_leaves_nothing_that_blocks_the_retry(tiny_model_dir, t
 
 
 def test_wandb_missing_is_found_before_any_file_and_the_retry_runs(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    import credit.train
+
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
     out = tmp_path / "run"
-    assert main(train_args(tiny_model_dir, out, "log.wandb=true")) == 2
+    with monkeypatch.context() as m:  # found before minutes of model loading: no model may load
+        m.setattr(credit.train, "load_model", lambda *a, **k: pytest.fail("the model loaded before wandb was checked"))
+        assert main(train_args(tiny_model_dir, out, "log.wandb=true")) == 2
     assert "log.wandb=true needs the wandb package" in error_line(capsys)
     assert not (out / "metrics.jsonl").exists()
     assert main(train_args(tiny_model_dir, out, "log.tensorboard=false")) == 0, capsys.readouterr().err

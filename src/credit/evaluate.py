@@ -155,6 +155,30 @@ def evaluate(
     return result
 
 
+def merge_shares(parts: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+    """One evaluation from the shares of ``world`` processes: process r scored items r, r + world, …
+    (None: it had none). Items go back to their order; every figure is recomputed over all of them."""
+    world, done = len(parts), [p for p in parts if p is not None]
+    total = sum(p["num_items"] for p in done)
+    items = [parts[i % world]["items"][i // world] for i in range(total)]
+    first = done[0]
+    n, ks = first["n"], first["ks"]
+    weight = lambda key: sum(p[key] * p["num_items"] for p in done) / total  # noqa: E731 - per-sample means
+    return {
+        **first,
+        "num_items": total,
+        f"mean@{n}": sum(sum(it["rewards"]) / n for it in items) / total,
+        **{f"pass@{k}": sum(pass_at_k(n, it["correct"], k) for it in items) / total for k in ks},
+        f"maj@{n}": sum(it["majority_reward"] for it in items) / total,
+        "response_len_mean": weight("response_len_mean"),
+        "truncated_frac": weight("truncated_frac"),
+        "seconds": max(p["seconds"] for p in done),
+        "tokens_per_s": sum(p["tokens_per_s"] for p in done),
+        "processes": world,
+        "items": items,
+    }
+
+
 def _sample_in_pieces(model, tokenizer, prompts, cfg, seed: int, progress: bool):
     """``sample(..., seed=seed)`` in pieces of whole micro-batches holding whole items, for a progress
     bar: the pieces draw their per-micro-batch seeds from one generator in the same order, so the

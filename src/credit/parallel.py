@@ -12,7 +12,7 @@ sharded; it calls the few functions here, which are no-ops for an unsharded mode
   Entering and leaving are the collectives, and every rank enters each block once.
 - ``full_state_dict`` / ``load_full_state_dict``: the whole state gathered to rank 0 (checkpoints,
   ``final/``), and each rank's shard cut back out of it on resume.
-- ``reduce_metrics``: a step's metrics averaged over ranks (one collective per step).
+- ``reduce_metrics``: a step's metrics combined over ranks (one collective per step).
 
 Collectives time out (``dist_timeout_s``, the process group's timeout): a rank that enters a
 collective the others never reach fails with an error naming the stage (``stage``), not a hang.
@@ -52,8 +52,18 @@ def shard(model: torch.nn.Module, compute_dtype: torch.dtype | None = None) -> t
 
     policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32 if compute_dtype else None)
     for layer in decoder_layers(model):
-        fully_shard(layer, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+        fully_shard(layer, mp_policy=policy, reshard_after_forward=True)
+        layer._credit_reshard = True
+    # the root (embeddings, final norm, head) stays gathered from its forward to its backward: log-probs are
+    # computed from the decoder's hidden states and the head's weight outside the model's forward
+    # (credit.scoring.response_hidden), where that weight must be the whole one; backward reshards it
+    fully_shard(model, mp_policy=policy, reshard_after_forward=False)
+    model._credit_reshard = False
+    # gradients are summed over ranks, not averaged: each rank's loss is already its share of the global
+    # mean (global denominators). FSDP2's own averaging for a world size that is no power of two lost
+    # float64 down to ~1e-7 relative (3 gloo ranks, measured), summing is exact
+    for unit in _units(model):
+        unit.set_gradient_divide_factor(1.0)
     return model
 
 
@@ -75,7 +85,9 @@ def gathered(*modules: torch.nn.Module) -> Iterator[None]:
     """Every FSDP unit of ``modules`` unsharded for the block, and kept so across its forwards (no
     reshard after each, hence no collective inside the block). Re-entrant: an inner block over a
     module an outer block holds does nothing. A no-op for unsharded modules."""
-    units = [u for m in modules for u in _units(m) if not _gathered.get(id(u))]
+    # a unit that is whole already is held by a forward whose backward has not run (the student's root
+    # between its forward and backward, while logit mode runs a LoRA or live teacher): leave it as it is
+    units = [u for m in modules for u in _units(m) if not _gathered.get(id(u)) and not _is_whole(u)]
     for u in units:
         _gathered[id(u)] = 1
         u.unshard()
@@ -84,9 +96,14 @@ def gathered(*modules: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         for u in units:
-            u.set_reshard_after_forward(True, recurse=False)
+            u.set_reshard_after_forward(getattr(u, "_credit_reshard", True), recurse=False)
             u.reshard()
             _gathered.pop(id(u), None)
+
+
+def _is_whole(unit) -> bool:
+    group = unit._get_fsdp_state()._fsdp_param_group
+    return group is not None and group.is_unsharded
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
@@ -137,14 +154,31 @@ def load_optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Opt
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
+def _reduction(key: str):
+    """How one metric combines over ranks: maxima stay maxima, counts and throughputs add up, the rest
+    is the mean (exact for per-rollout fractions, as every rank holds as many rollouts; per-token means
+    weigh each rank's tokens equally)."""
+    if key.endswith("_max") or key in MAXED:
+        return max
+    if key in SUMMED or key.endswith("tokens_per_s"):
+        return sum
+    return lambda values: sum(values) / len(values)
+
+
+SUMMED = {"rollout/samples"}
+# whether any rank contrasted, and the negatives per contrasted sample (the same K on every rank that has
+# one; a rank without a teacher signal reports 0)
+MAXED = {"credit/contrast_possible", "credit/negatives_per_sample"}
+
+
 def reduce_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """Each metric averaged over the ranks that report it (one collective; every rank calls it)."""
+    """A step's metrics combined over the ranks that report each (one collective; every rank calls it)."""
     if world_size() == 1:
         return metrics
     parts: list[dict[str, float]] = [{} for _ in range(world_size())]
     dist.all_gather_object(parts, metrics)
     keys = list(dict.fromkeys(k for p in parts for k in p))
-    return {k: sum(p[k] for p in parts if k in p) / sum(k in p for p in parts) for k in keys}
+    return {k: _reduction(k)([p[k] for p in parts if k in p]) for k in keys}
 
 
 class CollectiveError(RuntimeError):

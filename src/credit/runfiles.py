@@ -81,7 +81,8 @@ def load_checkpoint_model(path: str | Path, *, dtype: str = "float32", device=No
 
         model = get_peft_model(model, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                                                  target_modules=lora["target_modules"], task_type="CAUSAL_LM"))
-    model.load_state_dict(state["model"])
+    # the LoRA EMA teacher's adapter lives in the student's state dict; evaluation wants the student
+    model.load_state_dict({k: v for k, v in state["model"].items() if ".credit_ema." not in k})
     if lora:
         model = model.merge_and_unload()
     if device is not None:

@@ -269,6 +269,7 @@ class _HeadPicked(torch.autograd.Function):
                     z.div_(temperature)
                 out[s: s + step] = z.gather(1, index[s: s + step])
                 lse[s: s + step] = _logsumexp_(z)
+                del z  # before the next chunk is allocated: one chunk alive, not two
         ctx.save_for_backward(index, lse, *tensors)
         ctx.temperature, ctx.chunk_bytes, ctx.coefs = temperature, chunk_bytes, coefs
         return out.sub_(lse[:, None])
@@ -302,6 +303,7 @@ class _HeadPicked(torch.autograd.Function):
                             gw[vs].addmm_(dz[:, vs].t(), x, alpha=c)
                     if gb is not None:
                         gb.add_(dz.sum(0), alpha=c)
+                del dz, x
         grads = [None if gr is None else gr.to(x.dtype) for gr, x in zip(grads, tensors)]
         return (None, None, None, None, *grads)
 
@@ -472,7 +474,7 @@ def group_advantages(
         raise ValueError(
             f"scores must be (N,) with N a multiple of group_size={group_size}, got {tuple(scores.shape)}"
         )
-    grouped = scores.float().view(-1, group_size)  # (B, G)
+    grouped = scores.to(_accumulator(scores.dtype)).view(-1, group_size)  # (B, G), fp64 scores stay fp64
     if mask is not None:
         check_same_shape(scores=scores, mask=mask)
         active = mask.bool().view(-1, group_size)  # (B, G)

@@ -20,6 +20,7 @@ docs/method.md §6.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
 import random
 import time
@@ -27,13 +28,14 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import reduce
+from accelerate.utils import InitProcessGroupKwargs, reduce
 
-from credit import runs
+from credit import parallel, runs
 from credit import objectives as obj
 from credit.config import TrainConfig, dump
-from credit.evaluate import evaluate, headline
-from credit.logging import RunLogger, rollout_records
+from credit.errors import UserError
+from credit.evaluate import evaluate, headline, merge_shares
+from credit.logging import RunLogger, require_wandb, rollout_records
 from credit.methods import Micro, StepBatch, build_method
 from credit.models import load_model
 from credit.rollout import SamplingConfig, check_prompt_lengths, encode_prompts, sample
@@ -79,7 +81,10 @@ class Trainer:
         # bf16/fp16 compute under autocast over fp32 master weights: a bf16 parameter would round most
         # lr·update steps away (one bf16 AdamW step at lr 1e-6 changed 2% of the tiny model's weights)
         mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.model.dtype, "no")
-        self.acc = accelerator or Accelerator(cpu=cfg.device == "cpu", mixed_precision=mixed)
+        timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.dist_timeout_s))
+        self.acc = accelerator or Accelerator(cpu=cfg.device == "cpu", mixed_precision=mixed, kwargs_handlers=[timeout])
+        # FSDP2 shards only across processes; one process trains the whole model as it is
+        self.sharded = cfg.parallel == "fsdp" and self.acc.num_processes > 1
         self.out = Path(cfg.out_dir)
         if self.acc.num_processes > 1 and cfg.credit.swap == "context" and build_method(cfg).num_negatives:
             raise ValueError("credit.swap=context needs every prompt group's teacher context in one process; "
@@ -105,11 +110,23 @@ class Trainer:
         self.method = build_method(cfg)
         # θ_T from the initial weights; GRPO never asks a teacher, so it keeps no copy ("live" holds nothing)
         teacher_kind = cfg.teacher.kind if self.method.uses_teacher else "live"
-        self.teacher = build_teacher(teacher_kind, cfg.teacher.update_rate, model, self.share_prefix)
+        compute = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.model.dtype)
+        shard = (lambda m: parallel.shard(m, compute)) if self.sharded else None
+        # before the student is sharded: a full teacher copy is made from its whole weights and sharded
+        # alike; a LoRA EMA teacher adds its adapter to the student
+        self.teacher = build_teacher(teacher_kind, cfg.teacher.update_rate, model, self.share_prefix, shard)
+        if self.sharded:
+            model = shard(model)
+        # the update's forwards share prompt prefixes only unsharded: two FSDP2 forwards of one sharded
+        # model before one backward (prefix, then responses through its cache) gave gradients that differ
+        # from one process by ~1e-7 relative in float64 (measured on the tiny model), so sharded each row
+        # runs its whole sequence; the no-grad passes (rollout, ℓold, teacher) run gathered and still share
+        self.share_update = self.share_prefix and not self.sharded
         o = cfg.optim
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = [p for p in model.parameters() if p.requires_grad]  # under FSDP2: this rank's shards
         optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
-        self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        # DDP through accelerate; a sharded model is ours (FSDP2 reduce-scatters its own gradients)
+        self.model, self.optimizer = (model, optimizer) if self.sharded else self.acc.prepare(model, optimizer)
         self.scorer = TeacherScorer(self.teacher, self.unwrapped, cfg.rollout.temperature, cfg.optim.micro_batch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.pad_id = self.tok.pad_token_id
@@ -148,8 +165,9 @@ class Trainer:
             micro_batch_size=cfg.rollout.micro_batch, backend=cfg.rollout.backend)
         chat = cfg.model.chat_template_kwargs
         prompt_ids = encode_prompts(self.tok, [examples[i].messages for i in local], chat_template_kwargs=chat)
-        rollouts = sample(self.unwrapped, self.tok, prompt_ids, sampling,
-                          generator=_torch_gen(cfg.seed, step, f"sample{rank}"))
+        with parallel.gathered(self.model):  # sharded: whole weights once, then no collective per token
+            rollouts = sample(self.unwrapped, self.tok, prompt_ids, sampling,
+                              generator=_torch_gen(cfg.seed, step, f"sample{rank}"))
         metrics.update(rollouts.metrics())
         groups = [local[g] for g in rollouts.group]  # global prompt index of each local rollout
 
@@ -191,7 +209,7 @@ class Trainer:
             teacher=pack(contexts.context_ids, responses, self.pad_id, r_len).to(device),
             negatives=[pack([n[j] if n else c_ for n, c_ in zip(negative_contexts, contexts.context_ids)],
                             responses, self.pad_id, r_len).to(device) for j in range(k)],
-            rewards=rewards.to(device),
+            rewards=rewards.to(device, torch.float64 if cfg.model.dtype == "float64" else torch.float32),
             has_signal=torch.tensor(contexts.has_signal, dtype=torch.float32, device=device),
             has_contrast=torch.tensor([len(n) == k > 0 for n in negative_contexts], dtype=torch.float32, device=device),
             group_size=cfg.rollout.samples_per_prompt,
@@ -202,10 +220,13 @@ class Trainer:
         # 5. the method's targets: teacher log-probs, G, advantages (no grad)
         t3 = time.perf_counter()
         if self.off_policy or self.method.needs_student_logp:
-            with torch.no_grad():
+            with torch.no_grad(), parallel.gathered(self.model):
                 batch.old_logp = response_logprobs(self.unwrapped, batch.student, cfg.rollout.temperature,
                                                    cfg.optim.micro_batch, share_prefix=self.share_prefix)
-        self.method.prepare(batch, self.scorer)
+        # the teacher's weights gathered once for all its passes: a rank needs as many forwards as its own
+        # rows with a signal (maybe none), and no forward inside the block is a collective
+        with self.teacher.gathered(self.unwrapped) if self.method.uses_teacher else contextlib.nullcontext():
+            self.method.prepare(batch, self.scorer)
         metrics["perf/teacher_s"] = time.perf_counter() - t3
         metrics["perf/rollout_s"] = t1 - t0
         lc = cfg.log
@@ -245,7 +266,7 @@ class Trainer:
                         # an autocast region of its own: autocast keeps the bf16 copy of each fp32 weight until
                         # its outermost region exits, blind to optimizer.step()'s in-place update
                         with self.acc.autocast():
-                            hidden = response_hidden(self.model, packed, self.share_prefix)  # (n, R, H), no logits
+                            hidden = response_hidden(self.model, packed, self.share_update)  # (n, R, H), no logits
                             logp = head_token_logprobs(hidden, packed.response_ids, cfg.rollout.temperature)
                             old = batch.old_logp[rows] if self.off_policy else logp.detach()
                             if epoch == 0:
@@ -253,7 +274,9 @@ class Trainer:
                             out = self.method.loss(Micro(rows, hidden, logp, old, self.off_policy, epoch == 0),
                                                    batch, self.scorer)
                             loss = obj.aggregate(out.loss, out.mask, o.loss_aggregation, normalizer=norm)
-                        self.acc.backward(loss * world)  # DDP averages gradients over processes
+                        # each process's loss is its share of the global mean: DDP averages gradients over
+                        # processes (hence × world), FSDP2 sums them (credit.parallel.shard)
+                        self.acc.backward(loss if self.sharded else loss * world)
                         sums["loss"] += loss.item()
                         sums["tokens"] += packed.response_mask.sum().item()
                         if out.clipped is not None:
@@ -270,9 +293,10 @@ class Trainer:
         if finite_steps:
             self.teacher.update(self.unwrapped)
         t_teacher = time.perf_counter() - t_teacher
-        # each process holds its share of the globally normalized loss: the sum is the batch loss
-        totals = reduce(torch.tensor([sums["loss"], sums["clip"], sums["tokens"]], device=self.acc.device),
-                        reduction="sum").tolist()
+        # each process holds its share of the globally normalized loss: the sum is the batch loss (in float64:
+        # float32 partial sums would round the logged loss differently for every process count)
+        shares = torch.tensor([sums["loss"], sums["clip"], sums["tokens"]], dtype=torch.float64, device=self.acc.device)
+        totals = reduce(shares, reduction="sum").tolist()
         sums = dict(zip(("loss", "clip", "tokens"), totals))
         metrics = {
             "loss/total": sums["loss"] / (o.epochs * o.mini_batches),
@@ -290,21 +314,29 @@ class Trainer:
         if not params:
             return 0.0
         max_norm = self.cfg.optim.grad_clip or float("inf")
-        return float(self.acc.clip_grad_norm_(params, max_norm))
+        return float(parallel.full(self.acc.clip_grad_norm_(params, max_norm)))  # a DTensor when sharded
 
     # ---- 7: checkpoints
 
     def state(self, step: int) -> dict:
+        """The whole training state; sharded, it is gathered to rank 0 (every rank must call this, and
+        only rank 0's dict is complete)."""
         return {
-            "step": step, "model": self.unwrapped.state_dict(), "teacher": self.teacher.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "skipped_steps": self.skipped_steps, "config": self.cfg.model_dump(mode="json"),
+            "step": step, "model": parallel.full_state_dict(self.unwrapped), "teacher": self.teacher.state_dict(),
+            "optimizer": parallel.optimizer_state_dict(self.unwrapped, self.optimizer),
+            "scheduler": self.scheduler.state_dict(), "skipped_steps": self.skipped_steps,
+            "config": self.cfg.model_dump(mode="json"), "world_size": self.acc.num_processes,
+            "parallel": "fsdp" if self.sharded else "ddp",
         }
 
     def load_state(self, state: dict) -> None:
-        self.unwrapped.load_state_dict(state["model"])
+        saved = "fsdp" if state.get("parallel") == "fsdp" else "ddp"  # the optimizer state's layout
+        if saved != ("fsdp" if self.sharded else "ddp"):
+            raise UserError(f"this checkpoint was written by a {saved} run with {state.get('world_size', 1)} "
+                            f"processes; resume it with parallel={saved} and the same number of processes")
+        parallel.load_full_state_dict(self.unwrapped, state["model"])
         self.teacher.load_state_dict(state["teacher"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        parallel.load_optimizer_state_dict(self.unwrapped, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.skipped_steps = state["skipped_steps"]
         self.start_step = state["step"] + 1
@@ -315,23 +347,54 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls (the head's log-probs) on tensor cores
         # one autocast region for rollout, ℓold and the teacher's passes (no weight changes inside, so its
         # cached bf16 weights serve every decode step); the update opens one per micro-batch (update())
-        with self.acc.autocast():
+        with self.acc.autocast(), parallel.stage(f"step {step}: rollout and teacher passes"):
             batch, metrics, records = self.collect(step)
         t1 = time.perf_counter()
-        metrics.update(self.update(batch, step))
+        with parallel.stage(f"step {step}: update"):
+            metrics.update(self.update(batch, step))
         metrics["perf/update_s"] = time.perf_counter() - t1
         metrics.update(self.scorer.pop_seconds())
         metrics["perf/step_s"] = time.perf_counter() - t0
         metrics["perf/tokens_per_s"] = batch.student.response_mask.sum().item() / metrics["perf/step_s"]
-        return {**metrics, "perf/threads": float(threads)}, records
+        metrics["perf/threads"] = float(threads)
+        return parallel.reduce_metrics(metrics), records  # every rank's numbers, not rank 0's
+
+
+class _Share:
+    """A task whose test split is this process's share: items rank, rank + world, … of the first ``limit``."""
+
+    def __init__(self, task, rank: int, world: int, limit: int | None):
+        self.task, self.rank, self.world, self.limit = task, rank, world, limit
+
+    def examples(self, split: str) -> list[Example]:
+        return self.task.examples(split)[: self.limit][self.rank:: self.world]
+
+    def __getattr__(self, name: str):
+        return getattr(self.task, name)
 
 
 def evaluate_model(trainer: Trainer) -> dict:
-    cfg = trainer.cfg
-    return evaluate(trainer.unwrapped, trainer.tok, trainer.task, split="test", n=cfg.eval.samples,
-                    temperature=cfg.eval.temperature, max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
-                    batch_size=cfg.rollout.micro_batch, seed=cfg.seed, limit=cfg.eval.limit,
-                    chat_template_kwargs=cfg.model.chat_template_kwargs, backend=cfg.rollout.backend)
+    """Held-out evaluation; with several processes each scores its share of the items from gathered
+    weights, and the shares are merged (every process returns the same result)."""
+    cfg, acc = trainer.cfg, trainer.acc
+    world = acc.num_processes
+    task = _Share(trainer.task, acc.process_index, world, cfg.eval.limit) if world > 1 else trainer.task
+    result = None
+    with parallel.stage("evaluation"), parallel.gathered(trainer.model):
+        if world == 1 or task.examples("test"):  # one process: evaluate() names an empty split itself
+            result = evaluate(trainer.unwrapped, trainer.tok, task, split="test", n=cfg.eval.samples,
+                              temperature=cfg.eval.temperature,
+                              max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+                              batch_size=cfg.rollout.micro_batch, seed=cfg.seed,
+                              limit=None if world > 1 else cfg.eval.limit,
+                              chat_template_kwargs=cfg.model.chat_template_kwargs, backend=cfg.rollout.backend)
+        if world == 1:
+            return result
+        shares = [None] * world
+        torch.distributed.all_gather_object(shares, result)
+    if all(s is None for s in shares):
+        raise UserError(f"task '{cfg.task.name}' has no held-out (test) examples to evaluate")
+    return merge_shares(shares)
 
 
 def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False) -> dict:
@@ -345,6 +408,8 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
     # the run directory and the resume config are checked before any model loads
     out = Path(cfg.out_dir)
     runs.prepare_run_dir(out, resume, overwrite)
+    if cfg.log.wandb:
+        require_wandb()  # an optional integration that is missing is found before minutes of model loading
     source, state = runs.load_resume(out, resume)
     changes = runs.reconcile(runs.saved_config(state, source), cfg.model_dump(mode="json"), source) if state else []
     summary = runs.read_summary(out) if state is not None else {}
@@ -408,7 +473,6 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
     count_wall()
     summary["skipped_steps"] = trainer.skipped_steps
     runs.write_summary(out, summary, trainer)
-    if main:
-        runs.save_final(trainer, out / "final")
+    runs.save_final(trainer, out / "final")
     logger.close()
     return summary

@@ -136,7 +136,7 @@ class TeacherContexts:
     privileged: list[Privileged]
     """The ``z`` actually used (after truncation), so negatives reuse exactly the same text."""
     group_has_success: list[bool] = field(default_factory=list)
-    """Per prompt (B): whether any rollout reached the success threshold."""
+    """Per prompt these samples answer (B, or this process's share): whether any rollout reached the success threshold."""
 
     def metrics(self) -> dict[str, float]:
         n = max(len(self.context_ids), 1)
@@ -255,7 +255,8 @@ def build_teacher_contexts(
         if o.reward >= success_threshold:
             successes.setdefault(g, []).append(n)
 
-    out = TeacherContexts([], [], [], [], [], [], [g in successes for g in range(len(examples))])
+    # the prompts these samples answer (with several processes, this process's share of ``examples``)
+    out = TeacherContexts([], [], [], [], [], [], [g in successes for g in dict.fromkeys(groups)])
     cache: dict[tuple[int, Privileged], tuple[list[int], Privileged, bool]] = {}
     for n, g in enumerate(groups):
         peers = [m for m in successes.get(g, []) if not (dont_reprompt_on_self_success and m == n)]
