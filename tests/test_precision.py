@@ -61,19 +61,19 @@ def test_the_second_epoch_sees_the_updated_weights_under_bf16(tiny_model_dir, tm
     assert metrics["loss/clip_fraction"] > 0  # the ratio left [1 − ε, 1 + ε]: PPO's clip fired
 
 
-def test_bf16_delta_v_stays_near_its_fp32_value(tiny_model_and_tokenizer):
-    """ΔV = ℓT − ℓS under bf16 autocast vs fp32 on the tiny model. The head and its log-softmax run in fp32
-    from the hidden states; only the network's own bf16 rounding remains (measured here: mean |Δ| 1.0e-4
-    nats for a mean |ΔV| of 2.0e-2, against 3.0e-4 when the log-probs came from the model's bf16 logits;
-    on SmolLM2-135M's real weights 0.021 vs 0.037 nats, BENCHMARKS.md §7: there the network's own bf16
-    rounding dominates, and no bound of 1e-3 holds)."""
-    model, tok = tiny_model_and_tokenizer
-    g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(10, 2000, (n,), generator=g).tolist() for n in (12, 9, 15, 7)]
-    feedback = [torch.randint(10, 2000, (n,), generator=g).tolist() for n in (20, 11, 6, 14)]
-    responses = [torch.randint(10, 2000, (n,), generator=g).tolist() for n in (16, 24, 9, 20)]
-    student = pack(prompts, responses, tok.pad_token_id)
-    teacher = pack([p + f for p, f in zip(prompts, feedback)], responses, tok.pad_token_id)
+def delta_v_errors(model, tok) -> tuple[float, float, float]:
+    """Mean |ΔV_bf16 − ΔV_fp32| over the response tokens of 8 addition answers, student prompt vs a teacher
+    context with a demo: (ours, from the model's bf16 logits, mean |ΔV_fp32|)."""
+    pairs = [(3 + i, 7 + 2 * i) for i in range(8)]
+    prompts = [tok.apply_chat_template([{"role": "user", "content": f"What is {a} + {b}?"}], add_generation_prompt=True,
+                                       tokenize=False) for a, b in pairs]
+    demo = "\nCorrect solution:\n\nThe answer is 12.\n\nCorrectly solve the original question.\n"
+    student_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    teacher_ids = [tok(p.replace("?", "?" + demo, 1), add_special_tokens=False)["input_ids"] for p in prompts]
+    responses = [tok(f"{a} plus {b} makes {a + b}, so the answer is {a + b}.", add_special_tokens=False)["input_ids"]
+                 for a, b in pairs]
+    student = pack(student_ids, responses, tok.pad_token_id)
+    teacher = pack(teacher_ids, responses, tok.pad_token_id)
     mask = student.response_mask.bool()
 
     def delta_v(bf16: bool, from_logits: bool) -> torch.Tensor:
@@ -85,11 +85,31 @@ def test_bf16_delta_v_stays_near_its_fp32_value(tiny_model_and_tokenizer):
             return logp(teacher) - logp(student)
 
     fp32 = delta_v(False, False)
-    assert fp32[mask].abs().mean() > 1e-3  # the contexts differ: ΔV is not 0 = 0
     ours = (delta_v(True, False) - fp32)[mask].abs().mean().item()
     from_logits = (delta_v(True, True) - fp32)[mask].abs().mean().item()
+    return ours, from_logits, fp32[mask].abs().mean().item()
+
+
+def test_bf16_delta_v_stays_near_its_fp32_value(tiny_model_and_tokenizer):
+    """ΔV = ℓT − ℓS under bf16 autocast vs fp32 on the tiny model. The head and its log-softmax run in fp32
+    from the hidden states, so only the network's own bf16 rounding remains (measured: 8.6e-5 nats, against
+    3.1e-4 from the model's bf16 logits, for a mean |ΔV| of 8.0e-3)."""
+    ours, from_logits, size = delta_v_errors(*tiny_model_and_tokenizer)
+    print(f"tiny: mean |ΔV bf16 − ΔV fp32| = {ours:.2e} nats (from bf16 logits: {from_logits:.2e}; |ΔV| {size:.2e})")
+    assert size > 1e-3  # the contexts differ: ΔV is not 0 = 0
     assert ours <= 1e-3
     assert ours < from_logits
+
+
+@pytest.mark.slow
+def test_bf16_delta_v_on_smollm2(smollm2):
+    """On real weights the network's own bf16 rounding dominates: no 1e-3 bound holds there; the fp32 head
+    removes the share the bf16 logits added (measured: 0.014 nats, against 0.026 from the bf16 logits, for a
+    mean |ΔV| of 0.39; BENCHMARKS.md §7)."""
+    ours, from_logits, size = delta_v_errors(*smollm2)
+    print(f"SmolLM2: mean |ΔV bf16 − ΔV fp32| = {ours:.4f} nats (from bf16 logits: {from_logits:.4f}; |ΔV| {size:.3f})")
+    assert ours < from_logits
+    assert ours < 0.1 * size
 
 
 def test_fp16_is_refused_with_a_pointer_to_bf16():
