@@ -238,7 +238,7 @@ def estimate(cfg, shape: Shape, rates: tuple[float, float], gpus: int = 1, promp
     shard = gpus if fsdp else 1
     dtype = cfg.model.dtype
     master = 8 if dtype == "float64" else 4
-    compute = _dtype_bytes(dtype) if dtype != "float16" else 2
+    compute = _dtype_bytes(dtype)
     lora = cfg.model.lora is not None
     method_uses_teacher = cfg.method != "grpo"
     kind = cfg.teacher.kind if method_uses_teacher else "live"
@@ -265,8 +265,11 @@ def estimate(cfg, shape: Shape, rates: tuple[float, float], gpus: int = 1, promp
         gathered_update = 2 * shape.layer_params * compute + shape.embed_params * compute
         copies_rollout, copies_teacher, copies_update = gathered, gathered_teacher, gathered_update
     else:
-        casts = p * compute if mixed else 0.0  # autocast's bf16 copy of each weight a forward uses
-        copies_rollout, copies_teacher, copies_update = casts, casts, casts
+        # autocast's bf16 copy of each weight a forward uses: kept for the backward, and cached through the
+        # rollout for the weights that train (a frozen base is cast op by op there)
+        casts = p * compute if mixed else 0.0
+        cached = (pt if lora else p) * compute if mixed else 0.0
+        copies_rollout, copies_teacher, copies_update = cached, cached, casts
 
     # rollout KV cache
     r = cfg.rollout
