@@ -6,3 +6,11 @@ Stages, in the order the data flows: ``tasks`` (outcome + feedback) -> ``rollout
 """
 
 __version__ = "0.1.0"
+
+
+def fit(*args, **kwargs):
+    """Train from Python: ``credit.fit(config, reward=fn, train_data=rows, eval_data=rows, overrides=[...])``
+    returns the trained model, its tokenizer, the run directory and the summary (``credit.api.fit``)."""
+    from credit.api import fit as _fit
+
+    return _fit(*args, **kwargs)

@@ -398,7 +398,14 @@ def evaluate_model(trainer: Trainer) -> dict:
 
 
 def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False) -> dict:
-    """Run a whole training job; returns the summary written to ``out_dir/summary.json``.
+    """Run a whole training job; returns the summary written to ``out_dir/summary.json`` (``train_run``)."""
+    return train_run(cfg, resume, overwrite)[0]
+
+
+def train_run(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False, task=None) -> tuple[dict, Trainer]:
+    """Run a whole training job; returns the summary written to ``out_dir/summary.json`` and the trainer
+    (its model is the trained student). ``task``: a task object built from ``cfg.task`` with what a
+    config cannot hold (``credit.fit``'s reward callables).
 
     ``resume``: True continues the run in out_dir from its checkpoint, a path continues from that
     checkpoint file (or run directory); ``overwrite`` replaces the run in out_dir. Without either, a
@@ -416,7 +423,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
     runs.check_not_finished(summary, state, cfg.steps, out)
 
     runs.seed_everything(cfg.seed)  # LoRA init and dropout; the loop's own draws are seeded per step
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, task=task)
     main = trainer.acc.is_main_process
     if overwrite and main:
         runs.clear_run(out)
@@ -475,4 +482,4 @@ def train(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = False)
     runs.write_summary(out, summary, trainer)
     runs.save_final(trainer, out / "final")
     logger.close()
-    return summary
+    return summary, trainer

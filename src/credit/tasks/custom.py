@@ -117,6 +117,11 @@ def load_object(spec: str, what: str = "object") -> Any:
     that names ``what`` and ``spec``.
     """
     target, _, attr = spec.rpartition(":") if isinstance(spec, str) else ("", "", "")
+    if target == "__main__" or "<" in attr:  # how credit.fit records a script's function or a lambda
+        raise ValueError(f"{what} '{spec}' is a function that was given from Python (credit.fit) and defined in a "
+                         "script, or a lambda: it cannot be imported from here. Continue the run with credit.fit(..., "
+                         "reward=<the function>, resume=True), or move the function into a module and name it "
+                         "'module:function'")
     if not target or not attr.isidentifier():
         raise ValueError(f"{what} must look like 'package.module:name' or 'path/to/file.py:name', got {spec!r}")
     if target.endswith(".py") or "/" in target or "\\" in target:
