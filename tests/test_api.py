@@ -86,3 +86,26 @@ def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), scope)
     run = scope["run"]
     assert (tmp_path / run.run_dir / "final").is_dir() and "eval_after" in run.summary
+
+
+def contains_five(prompts, responses, examples):
+    return [float("5" in r) for r in responses]
+
+
+def test_what_a_user_watches_is_logged(tiny_model_dir, tmp_path):
+    """Entropy of the sampling policy, the reward's spread, each reward function's own mean, and the
+    sampled rollouts as text in TensorBoard (issue 27 item 7)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    credit.fit(None, reward=[reward, contains_five], train_data=ROWS,
+               overrides=[f"model.name={tiny_model_dir}", f"out_dir={out}", *BASE, "log.tensorboard=true"])
+    row = next(json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines() if '"policy/entropy"' in r)
+    assert row["policy/entropy"] > 0
+    assert 0 <= row["task/reward_std"] <= 1 and row["task/reward_std"] >= 0
+    mod = reward.__module__
+    both = row[f"task/reward/{mod}:reward"] + row[f"task/reward/{mod}:contains_five"]
+    assert both == pytest.approx(row["task/reward_mean"])  # weights 1: the total is the sum of the parts
+    events = EventAccumulator(str(out / "tb"), size_guidance={"tensors": 0}).Reload()
+    text = events.Tensors("rollouts/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert text.startswith("| prompt | response | reward | feedback |") and "What is" in text

@@ -167,7 +167,8 @@ def test_return_forms_weights_and_feedback(qa):
     assert [o.reward for o in outcomes] == [1.0, 2.0, 0.0, 0.75]
     assert [o.feedback for o in outcomes] == ["fb A\n\nfb B", "", "fb C", ""]
     assert outcomes[0].info["extracted"] == "x" and outcomes[3].info["k"] == 1
-    assert outcomes[2].info["rewards"] == {numbers.__qualname__: 0.0, pairs.__qualname__: 0.5, dicts.__qualname__: 1.0}
+    label = lambda fn: f"{fn.__module__}:{fn.__qualname__}"  # noqa: E731 - as credit.fit records a callable
+    assert outcomes[2].info["rewards"] == {label(numbers): 0.0, label(pairs): 0.5, label(dicts): 1.0}
 
 
 @pytest.mark.parametrize("returned, message", [
@@ -188,7 +189,7 @@ def test_a_malformed_return_is_one_error_naming_function_and_value(qa, returned,
     task = PromptTask(qa, prompt_field="q", reward=fn, n_test=0)
     with pytest.raises(ValueError, match=re.escape(message)) as err:
         task.score_batch(task.examples("train"), ["a", "b", "c", "d"])
-    assert f"reward function '{fn.__qualname__}'" in str(err.value) and "\n" not in str(err.value)
+    assert f"reward function '{fn.__module__}:{fn.__qualname__}'" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_an_exception_in_the_reward_keeps_its_traceback(qa):

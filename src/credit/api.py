@@ -50,8 +50,11 @@ class Run:
 
 
 def callable_name(fn: Callable) -> str:
-    """``module:qualname``, how config.yaml records a function given from Python."""
-    return f"{getattr(fn, '__module__', None) or '__main__'}:{getattr(fn, '__qualname__', repr(fn))}"
+    """``module:qualname``, how config.yaml records a function given from Python (and the prompts task
+    labels its reward: ``task/reward/<name>``)."""
+    from credit.tasks.custom import load_reward
+
+    return load_reward(fn)[0]
 
 
 def _rows(data: Any, what: str) -> list[dict]:

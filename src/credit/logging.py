@@ -53,6 +53,8 @@ class RunLogger:
         if self.tb is not None:
             for k, v in metrics.items():
                 self.tb.add_scalar(k, v, step)
+            if records:  # what the model wrote, beside its numbers
+                self.tb.add_text("rollouts", samples_markdown(records), step)
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
         if self.bar is not None and "task/reward_mean" in metrics:
@@ -124,6 +126,18 @@ def _wandb_run(out: Path, cfg: TrainConfig, resumed: bool):
     if getattr(run, "id", None):
         id_file.write_text(str(run.id))
     return run
+
+
+def samples_markdown(records: list[dict]) -> str:
+    """Sampled rollouts as a Markdown table for TensorBoard's text tab: prompt, response, reward, feedback."""
+    def cell(text) -> str:
+        return str(text).replace("|", "\\|").replace("\n", "<br>")[:500]
+
+    rows = ["| prompt | response | reward | feedback |", "|---|---|---|---|"]
+    for r in records:
+        prompt = r["prompt_messages"][-1]["content"] if r.get("prompt_messages") else ""
+        rows.append(f"| {cell(prompt)} | {cell(r['response'])} | {r['reward']:.3g} | {cell(r['feedback'])} |")
+    return "\n".join(rows)
 
 
 def rollout_records(tokenizer, step, examples, groups, rollouts, outcomes, contexts, negative_contexts,

@@ -176,9 +176,18 @@ class Trainer:
         outcomes = self.task.score_batch([examples[g] for g in groups], rollouts.texts)
         rewards = torch.tensor([o.reward for o in outcomes], dtype=torch.float32)
         feedback = torch.tensor([bool(o.feedback.strip()) for o in outcomes], dtype=torch.float32)
+        # every process holds as many rollouts, so the mean of their means is the batch's mean
         task_means = reduce(torch.stack([rewards.mean(), (rewards >= cfg.teacher.success_threshold).float().mean(),
-                                         feedback.mean()]).to(self.acc.device), reduction="mean").tolist()
+                                         feedback.mean(), rewards.double().pow(2).mean().float()]).to(self.acc.device),
+                            reduction="mean").tolist()
         metrics.update(zip(("task/reward_mean", "task/success_fraction", "task/feedback_fraction"), task_means))
+        # a collapsing reward spread is what GRPO's advantages and the demos need to be there
+        metrics["task/reward_std"] = max(task_means[3] - task_means[0] ** 2, 0.0) ** 0.5
+        # each reward function's own mean, when a task combines several (info["rewards"]: what it paid for)
+        per_function = [o.info.get("rewards") for o in outcomes]
+        if all(isinstance(p, dict) for p in per_function):
+            for label in per_function[0]:
+                metrics[f"task/reward/{label}"] = sum(float(p[label]) for p in per_function) / len(per_function)
         metrics["perf/score_s"] = time.perf_counter() - t1
 
         # 4. teacher contexts and negatives (other problems of the global batch)
@@ -305,6 +314,10 @@ class Trainer:
             "loss/lr": self.scheduler.get_last_lr()[0],
             "loss/clip_fraction": sums["clip"] / max(sums["tokens"], 1),
             "perf/teacher_update_s": t_teacher,
+            # −mean ℓS of the sampled tokens: an unbiased estimate of the sampling policy's per-token entropy
+            # (at the sampling temperature); a collapse shows here before the reward moves
+            "policy/entropy": -float((batch.student_logp * batch.student.response_mask).sum()
+                                     / batch.student.response_mask.sum().clamp(min=1)),
         }
         metrics.update(self.method.metrics(batch))
         return metrics

@@ -153,7 +153,9 @@ def load_task_class(spec: str) -> type[BaseTask]:
 def load_reward(spec: str | RewardFn) -> tuple[str, RewardFn]:
     """``(label, function)`` for one reward entry, its signature checked against the three lists."""
     fn = spec if callable(spec) else load_object(spec, "reward function")
-    label = spec if isinstance(spec, str) else getattr(spec, "__qualname__", repr(spec))
+    # a callable is labelled as credit.fit records it in config.yaml, so its metrics keep their name on resume
+    label = spec if isinstance(spec, str) else \
+        f"{getattr(spec, '__module__', None) or '__main__'}:{getattr(spec, '__qualname__', repr(spec))}"
     if not callable(fn):
         raise ValueError(f"reward function '{label}' is a {type(fn).__name__}, not callable")
     try:
