@@ -117,10 +117,12 @@ class Trainer:
         self.teacher = build_teacher(teacher_kind, cfg.teacher.update_rate, model, self.share_prefix, shard)
         if self.sharded:
             model = shard(model)
-        # the update's forwards share prompt prefixes only unsharded: two FSDP2 forwards of one sharded
-        # model before one backward (prefix, then responses through its cache) gave gradients that differ
-        # from one process by ~1e-7 relative in float64 (measured on the tiny model), so sharded each row
-        # runs its whole sequence; the no-grad passes (rollout, ℓold, teacher) run gathered and still share
+        # the update's forwards share prompt prefixes only unsharded: sharing runs two forwards of the model
+        # before one backward (prefix, then responses through its cache), and sharded that could not be shown
+        # to give one process's gradients (~1e-7 apart in float64 on the tiny model; but in one process the
+        # shared and unshared gradients already differ by ~5e-8 relative, forwards equal to 1e-15, an open
+        # question); sharded, each row runs whole, which tests/test_fsdp.py shows exact. The no-grad passes
+        # (rollout, ℓold, teacher) run gathered and still share
         self.share_update = self.share_prefix and not self.sharded
         o = cfg.optim
         params = [p for p in model.parameters() if p.requires_grad]  # under FSDP2: this rank's shards
