@@ -104,7 +104,7 @@ def fit(config: str | Path | dict | TrainConfig | None = None, *, reward: Callab
     from credit import train as train_mod
     from credit.tasks import build_task
 
-    cfg = _config(config, list(overrides))
+    cfg = load_config(config, list(overrides))
     out = Path(cfg.out_dir)
     if reward is None and train_data is None and eval_data is None:
         return _run(train_mod.train_run(cfg, resume, overwrite), out)
@@ -136,26 +136,6 @@ def fit(config: str | Path | dict | TrainConfig | None = None, *, reward: Callab
     task = build_task("prompts", **{**options, **({"reward": functions if isinstance(reward, list) else functions[0]}
                                                   if functions else {})})
     return _run(train_mod.train_run(cfg, resume, overwrite, task=task), out)
-
-
-def _config(config, overrides: list[str]) -> TrainConfig:
-    """A YAML path (or None) as ``credit train`` reads it; a dict or a TrainConfig with the same overrides."""
-    if not isinstance(config, (dict, TrainConfig)):
-        return load_config(config, overrides)
-    from pydantic import ValidationError
-
-    from credit.config import ConfigError, _format, _set_dotted, parse_value
-
-    tree = json.loads(json.dumps(config.model_dump(mode="json") if isinstance(config, TrainConfig) else config))
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like section.key=value")
-        key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), parse_value(raw))
-    try:
-        return TrainConfig.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(_format(e, "credit.fit config")) from None
 
 
 def _run(result, out: Path) -> Run:

@@ -4,6 +4,7 @@ documented once, validated before any model loads, frozen afterwards.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from pathlib import Path
 from typing import Any, Literal
@@ -277,11 +278,15 @@ def parse_value(raw: str) -> Any:
         return raw
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
-    """YAML file (optional) + ``section.key=value`` overrides (values parsed as YAML) -> TrainConfig."""
+def load_config(path: str | Path | dict | TrainConfig | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """YAML file (optional) + ``section.key=value`` overrides (values parsed as YAML) -> TrainConfig.
+    From Python, ``path`` may also be a dict of sections or a TrainConfig (``credit.fit``)."""
     tree: dict = {}
     source = "defaults"
-    if path is not None:
+    if isinstance(path, (dict, TrainConfig)):
+        source = "the given config"
+        tree = copy.deepcopy(path.model_dump(mode="json") if isinstance(path, TrainConfig) else path)
+    elif path is not None:
         source = str(path)
         try:
             tree = yaml.safe_load(Path(path).read_text()) or {}
