@@ -109,3 +109,11 @@ def test_what_a_user_watches_is_logged(tiny_model_dir, tmp_path):
     events = EventAccumulator(str(out / "tb"), size_guidance={"tensors": 0}).Reload()
     text = events.Tensors("rollouts/text_summary")[0].tensor_proto.string_val[0].decode()
     assert text.startswith("| prompt | response | reward | feedback |") and "What is" in text
+
+
+def test_a_datasets_dataset_is_taken_as_its_rows():
+    from datasets import Dataset
+
+    from credit.api import _rows
+
+    assert _rows(Dataset.from_list(ROWS), "train_data") == ROWS
