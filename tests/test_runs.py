@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import credit.evaluate
 import credit.train as train_mod
 from credit import checkpoint, runs
 from credit.cli import main
@@ -257,7 +258,7 @@ def test_overwrite_starts_over_and_keeps_the_users_files(tiny_model_dir, tmp_pat
 def test_best_checkpoint_follows_held_out_accuracy(tiny_model_dir, tmp_path, monkeypatch):
     scores = iter([0.2, 0.6, 0.4, 0.5])  # after steps 1, 2, 3, then the final evaluation (step 4)
     monkeypatch.setattr(train_mod, "evaluate_model", lambda trainer: {"mean@1": next(scores), "pass@1": 0.0})
-    monkeypatch.setattr(train_mod, "headline", lambda r: r)
+    monkeypatch.setattr(credit.evaluate, "headline", lambda r: r)
     out = tmp_path / "run"
     assert main(train_args(tiny_model_dir, out, "steps=4", "eval.every=1", "checkpoint_every=1",
                            "checkpoint_keep=4")) == 0

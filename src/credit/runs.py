@@ -1,7 +1,7 @@
 """A run directory a researcher can trust: never overwritten by accident, resumed only under a config
 that can continue it, and stopped by Ctrl-C or SIGTERM with a checkpoint instead of a traceback.
 
-``train()`` calls, in this order:
+``train()`` reads the lifecycle as a few calls of ``Run`` (at the end of this module), which uses, in order:
   1. ``prepare_run_dir``   an existing run (a logged line in metrics.jsonl, checkpoint.pt or summary.json)
                            is refused unless ``--resume`` or ``--overwrite`` says what to do with it, and
                            an out_dir that cannot be written is named, before any model loads;
@@ -507,3 +507,118 @@ def write_summary(out: Path, summary: dict, trainer) -> None:
         tmp = out / ".summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2))
         tmp.replace(out / "summary.json")
+
+
+# ----------------------------------------------------------------------------- the lifecycle, as train() reads it
+
+
+class Run:
+    """One run directory around the training loop, in the order ``train()`` calls it:
+
+    ``Run(cfg, resume, overwrite)``  before any model loads: out_dir, the checkpoint to resume, the config
+                                     changes it allows, a missing optional integration; the global seed
+    ``start(trainer)``               --overwrite, the checkpoint's state and RNG, logs, config.yaml, run.log
+    ``evaluate_before(evaluate)``    held-out accuracy before training (once per run, not per resume)
+    ``steps()``                      the steps still to run, with a progress bar
+    ``end_step(step, ...)``          held-out evaluation and checkpoint-best.pt when due, logs, a checkpoint
+                                     when due or asked for, and the stop a SIGINT/SIGTERM asked for
+    ``finish(evaluate)``             held-out accuracy after, summary.json, final/; returns the summary
+    """
+
+    def __init__(self, cfg, resume: bool | str, overwrite: bool):
+        self.cfg, self.out, self.overwrite = cfg, Path(cfg.out_dir), overwrite
+        prepare_run_dir(self.out, resume, overwrite)
+        if cfg.log.wandb:
+            from credit.logging import require_wandb
+
+            require_wandb()  # a missing optional integration is found before minutes of model loading
+        self.source, self.state = load_resume(self.out, resume)
+        saved = saved_config(self.state, self.source) if self.state is not None else None
+        self.changes = reconcile(saved, cfg.model_dump(mode="json"), self.source) if self.state is not None else []
+        self.summary = read_summary(self.out) if self.state is not None else {}
+        check_not_finished(self.summary, self.state, cfg.steps, self.out)
+        seed_everything(cfg.seed)  # LoRA init and dropout; the loop's own draws are seeded per step
+        self.trainer = self.logger = self.saved = None
+
+    def start(self, trainer) -> None:
+        from credit.config import dump
+        from credit.logging import RunLogger
+
+        self.trainer, cfg, out = trainer, self.cfg, self.out
+        main = trainer.acc.is_main_process
+        if self.overwrite and main:
+            clear_run(out)
+        trainer.acc.wait_for_everyone()
+        if self.state is not None:
+            trainer.load_state(self.state)
+            apply_optimizer_config(trainer.optimizer, trainer.scheduler, cfg.optim)
+            set_rng_state(self.state.get("rng"))
+        self.logger = RunLogger(out, cfg, main, start_step=trainer.start_step)
+        if main:
+            (out / "config.yaml").write_text(dump(cfg))  # what actually runs, changes applied at resume included
+        if self.state is not None:
+            self.summary["resumed_from_step"] = trainer.start_step
+            self.summary.setdefault("resumes", []).append({"step": trainer.start_step, "checkpoint": str(self.source),
+                                                           "changes": self.changes})
+            if main:
+                note(out, f"credit train: resumed from {self.source} at step {trainer.start_step} of {cfg.steps}"
+                          + (f"; config changes applied: {', '.join(self.changes)}" if self.changes else ""))
+        self.state = None  # the checkpoint's tensors are in the trainer now
+        # train_wall_s sums every process's share of the run; it is written with each checkpoint, so a run
+        # killed without warning keeps the time that produced its last checkpoint
+        self.wall_before, self.t_start = self.summary.get("train_wall_s", 0.0), time.perf_counter()
+
+    def _log_eval(self, step: int, result: dict) -> dict:
+        from credit.evaluate import headline
+
+        numbers = headline(result)
+        self.logger.log(step, {f"eval/{k}": v for k, v in numbers.items()})
+        return numbers
+
+    def _count_wall(self) -> None:
+        self.summary["train_wall_s"] = self.wall_before + time.perf_counter() - self.t_start
+
+    def evaluate_before(self, evaluate, interrupts: Interrupts) -> None:
+        """Held-out accuracy before training; a stop asked for meanwhile leaves the loaded checkpoint as it is."""
+        if self.cfg.eval.before and "eval_before" not in self.summary:
+            self.summary["eval_before"] = evaluate(self.trainer)
+            self._log_eval(self.trainer.start_step, self.summary["eval_before"])
+            write_summary(self.out, self.summary, self.trainer)
+        if signum := interrupts.requested(self.trainer.acc):  # nothing trained yet
+            self.logger.close()
+            raise Interrupted(signum, self.trainer.start_step, self.source)
+
+    def steps(self):
+        start = self.trainer.start_step
+        return self.logger.progress(range(start, self.cfg.steps), self.cfg.steps, start)
+
+    def end_step(self, step: int, metrics: dict, records: list[dict], evaluate, interrupts: Interrupts) -> None:
+        cfg, trainer = self.cfg, self.trainer
+        if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.steps:
+            from credit.evaluate import headline
+
+            result = headline(evaluate(trainer))
+            metrics.update({f"eval/{k}": v for k, v in result.items()})
+            keep_best(trainer, self.out, self.summary, result, step)
+        self.logger.log(step, metrics, records)
+        signum = interrupts.requested(trainer.acc)  # SIGINT/SIGTERM: stop here, after a whole step
+        if signum or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == cfg.steps:
+            self.saved = save_checkpoint(trainer, self.out, step)
+            self._count_wall()
+            write_summary(self.out, self.summary, trainer)
+        if signum:
+            self.logger.close()
+            raise Interrupted(signum, step + 1, self.saved)
+
+    def finish(self, evaluate) -> dict:
+        cfg, trainer = self.cfg, self.trainer
+        self.summary["eval_after"] = evaluate(trainer)
+        after = self._log_eval(cfg.steps, self.summary["eval_after"])
+        if cfg.eval.every:
+            keep_best(trainer, self.out, self.summary, after, cfg.steps - 1)
+        self._count_wall()
+        self.summary["skipped_steps"] = trainer.skipped_steps
+        write_summary(self.out, self.summary, trainer)
+        save_final(trainer, self.out / "final")
+        self.logger.close()
+        return self.summary

@@ -32,10 +32,10 @@ from accelerate.utils import InitProcessGroupKwargs, reduce
 
 from credit import parallel, runs
 from credit import objectives as obj
-from credit.config import TrainConfig, dump
+from credit.config import TrainConfig
 from credit.errors import UserError
-from credit.evaluate import evaluate, headline, merge_shares
-from credit.logging import RunLogger, require_wandb, rollout_records
+from credit.evaluate import evaluate, merge_shares
+from credit.logging import rollout_records
 from credit.methods import Micro, StepBatch, build_method
 from credit.models import load_model
 from credit.rollout import SamplingConfig, check_prompt_lengths, encode_prompts, sample
@@ -427,74 +427,12 @@ def train_run(cfg: TrainConfig, resume: bool | str = False, overwrite: bool = Fa
     directory that holds a run is refused. What may change at resume, and how Ctrl-C and SIGTERM stop
     a run with a checkpoint, is decided in ``credit.runs``.
     """
-    # the run directory and the resume config are checked before any model loads
-    out = Path(cfg.out_dir)
-    runs.prepare_run_dir(out, resume, overwrite)
-    if cfg.log.wandb:
-        require_wandb()  # an optional integration that is missing is found before minutes of model loading
-    source, state = runs.load_resume(out, resume)
-    changes = runs.reconcile(runs.saved_config(state, source), cfg.model_dump(mode="json"), source) if state else []
-    summary = runs.read_summary(out) if state is not None else {}
-    runs.check_not_finished(summary, state, cfg.steps, out)
-
-    runs.seed_everything(cfg.seed)  # LoRA init and dropout; the loop's own draws are seeded per step
+    run = runs.Run(cfg, resume, overwrite)  # before any model loads: out_dir, the resume and its config
     trainer = Trainer(cfg, task=task)
-    main = trainer.acc.is_main_process
-    if overwrite and main:
-        runs.clear_run(out)
-    trainer.acc.wait_for_everyone()
-    if state is not None:
-        trainer.load_state(state)
-        runs.apply_optimizer_config(trainer.optimizer, trainer.scheduler, cfg.optim)
-        runs.set_rng_state(state.get("rng"))
-    logger = RunLogger(out, cfg, main, start_step=trainer.start_step)
-    if main:
-        (out / "config.yaml").write_text(dump(cfg))  # what actually runs, changes applied at resume included
-    if state is not None:
-        summary["resumed_from_step"] = trainer.start_step
-        summary.setdefault("resumes", []).append({"step": trainer.start_step, "checkpoint": str(source),
-                                                  "changes": changes})
-        if main:
-            runs.note(out, f"credit train: resumed from {source} at step {trainer.start_step} of {cfg.steps}"
-                           + (f"; config changes applied: {', '.join(changes)}" if changes else ""))
-
-    # train_wall_s sums every process's share of the run; it is written with each checkpoint, so a run
-    # killed without warning keeps the time that produced its last checkpoint
-    wall_before, t_start = summary.get("train_wall_s", 0.0), time.perf_counter()
-
-    def count_wall() -> None:
-        summary["train_wall_s"] = wall_before + time.perf_counter() - t_start
-
+    run.start(trainer)  # --overwrite, the checkpoint's state and RNG, logs, config.yaml
     with runs.Interrupts() as interrupts:
-        if cfg.eval.before and "eval_before" not in summary:
-            summary["eval_before"] = evaluate_model(trainer)
-            logger.log(trainer.start_step, {f"eval/{k}": v for k, v in headline(summary["eval_before"]).items()})
-            runs.write_summary(out, summary, trainer)
-        if signum := interrupts.requested(trainer.acc):  # nothing trained yet: the loaded checkpoint stands
-            logger.close()
-            raise runs.Interrupted(signum, trainer.start_step, source)
-        for step in logger.progress(range(trainer.start_step, cfg.steps), cfg.steps, trainer.start_step):
+        run.evaluate_before(evaluate_model, interrupts)
+        for step in run.steps():
             metrics, records = trainer.run_step(step)
-            if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.steps:
-                result = headline(evaluate_model(trainer))
-                metrics.update({f"eval/{k}": v for k, v in result.items()})
-                runs.keep_best(trainer, out, summary, result, step)
-            logger.log(step, metrics, records)
-            signum = interrupts.requested(trainer.acc)  # SIGINT/SIGTERM: stop here, after a whole step
-            if signum or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or step + 1 == cfg.steps:
-                saved = runs.save_checkpoint(trainer, out, step)
-                count_wall()
-                runs.write_summary(out, summary, trainer)
-            if signum:
-                logger.close()
-                raise runs.Interrupted(signum, step + 1, saved)
-    summary["eval_after"] = evaluate_model(trainer)
-    logger.log(cfg.steps, {f"eval/{k}": v for k, v in headline(summary["eval_after"]).items()})
-    if cfg.eval.every:
-        runs.keep_best(trainer, out, summary, headline(summary["eval_after"]), cfg.steps - 1)
-    count_wall()
-    summary["skipped_steps"] = trainer.skipped_steps
-    runs.write_summary(out, summary, trainer)
-    runs.save_final(trainer, out / "final")
-    logger.close()
-    return summary, trainer
+            run.end_step(step, metrics, records, evaluate_model, interrupts)  # eval, logs, checkpoint, a stop
+    return run.finish(evaluate_model), trainer
