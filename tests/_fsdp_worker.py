@@ -5,7 +5,7 @@ rank) or under ``torch.distributed.run --nproc_per_node N`` (gloo):
         every method of VARIANTS, 3 steps each on the same global batch; rank 0 saves each one's
         gathered weights, metrics, and every rank's bytes of student + teacher + optimizer state
     python _fsdp_worker.py train MODEL_DIR OUT_DIR KILL_AT [overrides...]
-        ``credit.train.train`` (checkpoints, resume, final/); KILL_AT > 0: SIGKILL rank 0 inside the
+        ``credit.train.train_run`` (checkpoints, resume, final/); KILL_AT > 0: SIGKILL rank 0 inside the
         update of that 0-based step; "resume" as an override resumes. Rank 0 saves the gathered weights
         at the end to OUT_DIR/gathered.pt
     python _fsdp_worker.py mismatch MODEL_DIR OUT_DIR
@@ -102,11 +102,8 @@ def train(model_dir: str, out_dir: str, kill_at: str, *overrides: str) -> None:
         return real_update(self, batch, step)
 
     train_mod.Trainer.update = update
-    real_trainer = train_mod.Trainer
-    made = []
-    train_mod.Trainer = lambda cfg: made.append(real_trainer(cfg)) or made[-1]
-    train_mod.train(cfg, resume=resume)
-    weights = parallel.full_state_dict(made[0].model)
+    _, trainer = train_mod.train_run(cfg, resume=resume)
+    weights = parallel.full_state_dict(trainer.model)
     if not dist.is_initialized() or dist.get_rank() == 0:
         torch.save({k: v.detach().cpu() for k, v in weights.items()}, os.path.join(out_dir, "gathered.pt"))
 
