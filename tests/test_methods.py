@@ -7,7 +7,7 @@ import torch
 from credit import objectives as obj
 from credit import signal
 from credit.config import load_config
-from credit.methods import GRPO, Blend, LogitCredit, Micro, SequenceCredit, StepBatch, TokenCredit, build_method
+from credit.methods import GRPO, Blend, LogitCredit, Micro, SequenceCredit, StepBatch, Targets, TokenCredit, build_method
 from credit.scoring import pack
 from credit.tasks import Example
 from credit.teacher import problem_keys, sample_negative_groups
@@ -28,14 +28,15 @@ class TableScorer:
         raise AssertionError("token and sequence modes never ask for logits")
 
 
-def make_batch(n: int, r: int, *, group_size: int, rewards=None, has_signal=None, has_contrast=None, k: int = 1):
+def make_batch(n: int, r: int, *, group_size: int, rewards=None, has_signal=None, has_contrast=None, k: int = 1,
+               old_logp=None):
     packed = pack([[1, 2]] * n, [[3 + t for t in range(r)]] * n, pad_id=0)
     ones = torch.ones(n)
     return StepBatch(student=packed, teacher=packed, negatives=[packed] * k,
                      rewards=torch.zeros(n) if rewards is None else torch.tensor(rewards, dtype=torch.float32),
                      has_signal=ones if has_signal is None else torch.tensor(has_signal, dtype=torch.float32),
                      has_contrast=ones if has_contrast is None else torch.tensor(has_contrast, dtype=torch.float32),
-                     group_size=group_size)
+                     group_size=group_size, old_logp=old_logp)
 
 
 def micro(b: StepBatch, logp: torch.Tensor) -> Micro:
@@ -65,44 +66,43 @@ def test_masked_group_advantages_by_hand():
 def test_sequence_score_is_the_sum_of_r_lambda_over_active_rollouts(lam, expected):
     # R = 1, ℓS = 0: r^λ = ℓT − λ·G. ℓT = [5, 6, 7, ·], G = [0, 2, 4, ·]: λ = 0 scores [5, 6, 7] -> [−1, 0, 1];
     # λ = 0.5 scores [5, 5, 5] -> no preference. Row 3 has no teacher signal: no advantage, not in the baseline.
-    b = make_batch(4, 1, group_size=4, has_signal=[1, 1, 1, 0])
-    b.old_logp = torch.zeros(4, 1)
+    b = make_batch(4, 1, group_size=4, has_signal=[1, 1, 1, 0], old_logp=torch.zeros(4, 1))
     table = torch.tensor([[5.0, 6.0, 7.0], [0.0, 2.0, 4.0]]).unsqueeze(-1)  # (1+K, active, R)
     method = SequenceCredit(lam, 1, "mean", 2.0)
-    method.prepare(b, TableScorer(table, torch.tensor([0, 1, 2])))
-    torch.testing.assert_close(b.advantage["sequence"], torch.tensor(expected), atol=1e-5, rtol=0)
+    t = method.prepare(b, TableScorer(table, torch.tensor([0, 1, 2])))
+    torch.testing.assert_close(t.advantage, torch.tensor(expected), atol=1e-5, rtol=0)
 
 
 def test_sdpo_sequence_ablation_is_allowed_and_scores_delta_v():
     cfg = load_config(None, ["method=sdpo", "credit.mode=sequence"])
     method = build_method(cfg)
     assert isinstance(method, SequenceCredit) and method.lam == 0.0 and method.num_negatives == 0
-    b = make_batch(3, 2, group_size=3)
-    b.old_logp = torch.tensor([[-1.0, -1.0], [-1.0, -2.0], [0.0, 0.0]])
+    b = make_batch(3, 2, group_size=3, old_logp=torch.tensor([[-1.0, -1.0], [-1.0, -2.0], [0.0, 0.0]]))
     table = torch.tensor([[[-1.0, -1.0], [0.0, -1.0], [-1.0, -2.0]]])  # ℓT: Σ ΔV = [0, 2, −3]
-    method.prepare(b, TableScorer(table, torch.arange(3)))
+    t = method.prepare(b, TableScorer(table, torch.arange(3)))
     expected = signal.group_advantages(torch.tensor([0.0, 2.0, -3.0]), 3)
-    torch.testing.assert_close(b.advantage["sequence"], expected)
+    torch.testing.assert_close(t.advantage, expected)
 
 
 def test_sequence_length_normalize_divides_by_the_response_length():
-    b = make_batch(2, 2, group_size=2)
+    b = make_batch(2, 2, group_size=2, old_logp=torch.zeros(2, 2))
     b.student.response_mask[1, 1] = 0.0  # row 1 has one token
-    b.old_logp = torch.zeros(2, 2)
     table = torch.tensor([[[2.0, 2.0], [3.0, 5.0]]])
     method = SequenceCredit(0.0, 0, "mean", 2.0, length_normalize=True, scale_std=False)
-    method.prepare(b, TableScorer(table, torch.arange(2)))
-    assert b.advantage["sequence"].tolist() == [-0.5, 0.5]  # means 2 and 3
+    t = method.prepare(b, TableScorer(table, torch.arange(2)))
+    assert t.advantage.tolist() == [-0.5, 0.5]  # means 2 and 3
 
 
 # ----------------------------------------------------------------------------- the blend (Eq. 3)
 
 
-def token_batch():
+TEACHER = torch.tensor([[-1.0, -0.5, -2.0], [0.0, 0.0, 0.0], [-0.2, -3.0, -1.0], [-1.5, -1.0, -9.0]])  # ℓT
+
+
+def token_batch(has_signal=(1, 0, 1, 1)):
     """Two groups of two rollouts, R = 3; row 1 has no teacher signal; rewards differ within groups."""
-    b = make_batch(4, 3, group_size=2, rewards=[1.0, 0.0, 0.0, 1.0], has_signal=[1, 0, 1, 1], k=0)
+    b = make_batch(4, 3, group_size=2, rewards=[1.0, 0.0, 0.0, 1.0], has_signal=list(has_signal), k=0)
     b.student.response_mask[3, 2] = 0.0
-    b.teacher_logp = torch.tensor([[-1.0, -0.5, -2.0], [0.0, 0.0, 0.0], [-0.2, -3.0, -1.0], [-1.5, -1.0, -9.0]])
     return b
 
 
@@ -111,11 +111,12 @@ STUDENT = torch.tensor([[-0.5, -1.0, -1.5], [-2.0, -0.1, -0.3], [-1.0, -1.0, -1.
 
 def loss_and_grad(method, b):
     """One micro-batch of the whole batch: (aggregated loss, its gradient w.r.t. ℓS, the loss mask)."""
-    outcome = method.outcome if isinstance(method, Blend) else method
-    if isinstance(outcome, GRPO):
-        outcome.prepare(b, None)  # A_GRPO from the rewards
+    grpo = method.outcome if isinstance(method, Blend) else method if isinstance(method, GRPO) else None
+    outcome = grpo.prepare(b, None) if grpo else None  # A_GRPO from the rewards
+    distill = Targets(teacher_logp=TEACHER)
+    t = outcome if isinstance(method, GRPO) else Targets(teacher_logp=TEACHER, outcome=outcome) if grpo else distill
     m = micro(b, STUDENT)
-    out = method.loss(m, b, None)
+    out = method.loss(m, b, t, None)
     total = obj.aggregate(out.loss, out.mask, "token-mean")
     total.backward()
     return total.detach(), m.logp.grad, out.mask
@@ -135,7 +136,7 @@ def test_blend_in_between_is_one_advantage_with_one_denominator():
     total, grad, mask = loss_and_grad(Blend(GRPO(0.2, 0.28), TokenCredit(0.0, 0, "mean", 2.0), w), b)
     # A_GRPO per group of two with rewards (1, 0) and (0, 1): ±1/√2·... = ±0.7071 (unbiased std √0.5)
     a_grpo = torch.tensor([1.0, -1.0, -1.0, 1.0]) / (0.5 ** 0.5 + 1e-6) * 0.5
-    a_sd = (b.teacher_logp - STUDENT) * b.has_signal[:, None]  # ΔV, 0 without a teacher signal
+    a_sd = (TEACHER - STUDENT) * b.has_signal[:, None]  # ΔV, 0 without a teacher signal
     a = w * a_grpo[:, None] + (1 - w) * a_sd  # Eq. 3
     n_tokens = 11.0  # every response token of every rollout: one denominator
     assert mask.sum().item() == n_tokens
@@ -146,11 +147,9 @@ def test_blend_weight_does_not_move_with_the_active_fraction():
     """The old loop divided the distillation term by the tokens *with a signal*: its weight was
     (1−w)/active_fraction. Now halving the active rows halves the distillation gradient's share."""
     grpo, sd = GRPO(0.2, 0.28), TokenCredit(0.0, 0, "mean", 2.0)
-    b_all = token_batch()
-    b_all.has_signal = torch.ones(4)
+    b_all = token_batch(has_signal=(1, 1, 1, 1))
     g_all = loss_and_grad(Blend(grpo, sd, 1e-12), b_all)[1]
-    b_half = token_batch()
-    b_half.has_signal = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    b_half = token_batch(has_signal=(1, 1, 0, 0))
     g_half = loss_and_grad(Blend(grpo, sd, 1e-12), b_half)[1]
     torch.testing.assert_close(g_half[:2], g_all[:2], atol=1e-6, rtol=0)  # same denominator: 11 tokens
     assert torch.all(g_half[2:].abs() < 1e-9)
@@ -163,17 +162,17 @@ def test_credit_token_loss_at_half_lambda_by_hand():
     # one rollout, R = 2: ℓT = [−1, −2], G = [−3, −1], ℓS = [−2, −1.5]
     # ΔV = [1, −0.5], S = ℓT − G = [2, −1], r^0.5 = [1.5, −0.75]; loss = −Σ r·ℓS / 2
     b = make_batch(1, 2, group_size=1)
-    b.teacher_logp, b.generic_logp = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-3.0, -1.0]])
+    t = Targets(teacher_logp=torch.tensor([[-1.0, -2.0]]), generic_logp=torch.tensor([[-3.0, -1.0]]))
     m = micro(b, torch.tensor([[-2.0, -1.5]]))
-    out = TokenCredit(0.5, 1, "mean", 2.0).loss(m, b, None)
+    out = TokenCredit(0.5, 1, "mean", 2.0).loss(m, b, t, None)
     total = obj.aggregate(out.loss, out.mask, "token-mean")
     total.backward()
     assert total.item() == pytest.approx(-(1.5 * -2.0 + -0.75 * -1.5) / 2)  # 0.9375
     torch.testing.assert_close(m.logp.grad, torch.tensor([[-0.75, 0.375]]))
     # a rollout without a distinct negative falls back to SDPO: r = ΔV
-    b.has_contrast = torch.zeros(1)
+    b = make_batch(1, 2, group_size=1, has_contrast=[0])
     m = micro(b, torch.tensor([[-2.0, -1.5]]))
-    total = obj.aggregate(TokenCredit(0.5, 1, "mean", 2.0).loss(m, b, None).loss, b.distill_mask, "token-mean")
+    total = obj.aggregate(TokenCredit(0.5, 1, "mean", 2.0).loss(m, b, t, None).loss, b.distill_mask, "token-mean")
     assert total.item() == pytest.approx(-(1.0 * -2.0 + -0.5 * -1.5) / 2)
 
 
@@ -228,3 +227,14 @@ def test_negatives_are_never_the_rollouts_own_problem():
     assert no_contrast > 0
     # "all" needs every other group to be another problem: here none is, so nobody is contrasted
     assert all(not js for js in sample_negative_groups(groups, 3, "all", torch.Generator(), problems=keys))
+
+
+def test_the_batch_and_the_targets_are_read_only_after_prepare():
+    """What the rollouts gave and what ``prepare`` computed cannot be rebound later (one writer each)."""
+    import dataclasses
+
+    b = make_batch(2, 1, group_size=2, old_logp=torch.zeros(2, 1))
+    t = SequenceCredit(0.0, 0, "mean", 2.0).prepare(b, TableScorer(torch.zeros(1, 2, 1), torch.arange(2)))
+    for obj_, field in ((b, "has_signal"), (t, "teacher_logp")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj_, field, None)

@@ -39,11 +39,11 @@ def test_the_second_epoch_sees_the_updated_weights_under_bf16(tiny_model_dir, tm
     seen = []
     loss = trainer.method.loss
 
-    def spy(m, batch, scorer):
+    def spy(m, batch, targets, scorer):
         if not m.first_epoch:  # the weights this forward should see, and what it computed from them
             weights = {k: v.detach().clone() for k, v in trainer.unwrapped.state_dict().items()}
             seen.append((batch.student.rows(m.rows), m.logp.detach().clone(), m.old_logp.clone(), weights))
-        return loss(m, batch, scorer)
+        return loss(m, batch, targets, scorer)
 
     monkeypatch.setattr(trainer.method, "loss", spy)
     metrics, _ = trainer.run_step(0)  # the whole step, as train() runs it

@@ -180,7 +180,7 @@ def test_credit_on_a_train_split_smaller_than_two_steps_never_contrasts_a_proble
                            "credit.negative_strategy=random", "log.rollouts_per_step=100", monkeypatch=monkeypatch)
     trainer.train_split = trainer.train_split[:6]  # an epoch is one step; steps wrap over 6 examples
     for step in range(4):
-        batch, metrics, records = trainer.collect(step)
+        batch, _, metrics, records = trainer.collect(step)
         assert metrics["credit/contrast_possible"] == 1.0 and len(records) == 12
         assert len({repr(r["prompt_messages"]) for r in records}) == 4  # four distinct problems
         for r in records:
@@ -220,7 +220,7 @@ def test_credit_step_at_half_lambda_has_the_hand_derived_loss_and_gradient(tiny_
     for lam in (0.5, 0.0):
         trainer = make_trainer(tiny_dir, tmp_path, "method=credit", f"credit.lam={lam}", "credit.num_negatives=2",
                                "optim.grad_clip=null", *extra, monkeypatch=monkeypatch)
-        batch, _, _ = trainer.collect(0)
+        batch, targets, _, _ = trainer.collect(0)
         assert torch.equal(batch.has_contrast, batch.has_signal) and batch.has_signal.sum() > 0
         model = trainer.unwrapped
         names = [n for n, p in model.named_parameters()]
@@ -234,7 +234,7 @@ def test_credit_step_at_half_lambda_has_the_hand_derived_loss_and_gradient(tiny_
             return step(*args, **kwargs)
 
         monkeypatch.setattr(trainer.optimizer, "step", capture)
-        metrics = trainer.update(batch, 0)
+        metrics = trainer.update(batch, targets, 0)
         # float32 forwards in two orders (prefix-shared and chunked vs plain): a relative 1e-4
         assert metrics["loss/total"] == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
         scale = max(g.abs().max() for g in expected_grads.values())
@@ -260,8 +260,8 @@ def test_nan_loss_skips_the_step_and_never_reaches_the_weights(tiny_dir, tmp_pat
     trainer = make_trainer(tiny_dir, tmp_path, "method=sdpo", monkeypatch=monkeypatch)
     loss = trainer.method.loss
 
-    def nan_loss(m, batch, scorer):
-        out = loss(m, batch, scorer)
+    def nan_loss(m, batch, targets, scorer):
+        out = loss(m, batch, targets, scorer)
         out.loss = out.loss * float("nan")
         return out
 

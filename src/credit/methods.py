@@ -2,9 +2,14 @@
 
 The training loop is method-blind. It asks a method three things:
 
-  prepare(batch, scorer)   after the rollouts: fill the batch's targets (ℓT, G, advantages), no grad
-  loss(micro, batch, scorer)  the per-token loss of one micro-batch of the update, (n, R)
-  metrics(batch)           ``signal/*`` and ``loss/*`` numbers of the step
+  prepare(batch, scorer) -> Targets   after the rollouts: ℓT, G, advantages (no grad), read-only after
+  loss(micro, batch, targets, scorer) the per-token loss of one micro-batch of the update, (n, R)
+  metrics(batch, targets, seen)       ``signal/*`` and ``credit/*`` numbers of the step
+
+``StepBatch`` (what the rollouts gave) and ``Targets`` (what ``prepare`` computed) are frozen: ℓT and G
+of the sampled tokens come from ``Targets`` in token and sequence modes; logit mode scores the teacher
+inside the update on the current top-K and reports the sampled tokens' ℓT and G in its ``LossOut``,
+which the loop keeps in ``Seen`` with the first epoch's ℓS (for ``signal/*``).
 
 plus ``loss_mask(batch, rows)`` (the tokens that carry an advantage: the aggregation's mask and
 denominator) and three facts: ``num_negatives`` (K negative contexts the loop builds per rollout),
@@ -21,7 +26,8 @@ part the capped importance weight, as each paper does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -31,9 +37,9 @@ from credit import signal
 from credit.scoring import Packed
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepBatch:
-    """Everything the update needs; row n is rollout n of this process (N rows, R response columns)."""
+    """What the rollouts gave the method; row n is rollout n of this process (N rows, R response columns)."""
 
     student: Packed  # (x, y)
     teacher: Packed  # (c, y)
@@ -42,17 +48,23 @@ class StepBatch:
     has_signal: torch.Tensor  # (N,) 1.0 where the teacher context has a demo or feedback
     has_contrast: torch.Tensor  # (N,) 1.0 where the rollout has K negatives of other problems
     group_size: int  # G: rollouts of one prompt are contiguous rows
-    dtype: torch.dtype = torch.float32  # of every log-prob below (float64 for a float64 model)
+    dtype: torch.dtype = torch.float32  # of every log-prob (float64 for a float64 model)
     old_logp: torch.Tensor | None = None  # (N, R) ℓold: off-policy updates, or a score that needs ℓS
-    teacher_logp: torch.Tensor | None = None  # (N, R) ℓT on rows with a signal
-    generic_logp: torch.Tensor | None = None  # (N, R) G on rows with a contrast
-    student_logp: torch.Tensor | None = None  # (N, R) ℓS as the update saw it first (metrics)
-    advantage: dict[str, torch.Tensor] = field(default_factory=dict)  # sequence-level advantages (N,)
 
     @property
     def distill_mask(self) -> torch.Tensor:
         """(N, R) response tokens of rollouts with a teacher signal."""
         return self.student.response_mask * self.has_signal[:, None]
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What a method's ``prepare`` computed from a StepBatch (no grad), read-only afterwards."""
+
+    teacher_logp: torch.Tensor | None = None  # (N, R) ℓT, 0 on rows without a teacher signal
+    generic_logp: torch.Tensor | None = None  # (N, R) G, 0 on rows without a contrast
+    advantage: torch.Tensor | None = None  # (N,) a sequence-level advantage: GRPO's, or sequence mode's
+    outcome: Targets | None = None  # Blend: the outcome part's (the fields above are the distillation part's)
 
 
 @dataclass
@@ -87,6 +99,31 @@ class LossOut:
     loss: torch.Tensor  # (n, R) per-token loss
     mask: torch.Tensor  # (n, R) tokens that carry an advantage: the aggregation's mask and denominator
     clipped: torch.Tensor | None = None  # (n, R) PPO clip indicator (outcome RL)
+    teacher_logp: torch.Tensor | None = None  # (n, R) ℓT of the sampled tokens, when the loss scored them (logits)
+    generic_logp: torch.Tensor | None = None  # (n, R) G of the sampled tokens, likewise
+
+
+@dataclass
+class Seen:
+    """What the update's first epoch saw, for ``signal/*``: ℓS, and ℓT and G where the loss scored them.
+    The loop fills it (``record``), one micro-batch at a time."""
+
+    student_logp: torch.Tensor  # (N, R)
+    teacher_logp: torch.Tensor | None = None  # (N, R)
+    generic_logp: torch.Tensor | None = None  # (N, R)
+
+    @classmethod
+    def empty(cls, b: StepBatch) -> Seen:
+        return cls(torch.zeros_like(b.student.response_mask, dtype=b.dtype))
+
+    def record(self, rows: torch.Tensor, logp: torch.Tensor, out: LossOut) -> None:
+        self.student_logp[rows] = logp.detach().to(self.student_logp.dtype)
+        for name in ("teacher_logp", "generic_logp"):
+            value = getattr(out, name)
+            if value is not None:
+                if getattr(self, name) is None:
+                    setattr(self, name, torch.zeros_like(self.student_logp))
+                getattr(self, name)[rows] = value.detach().to(self.student_logp.dtype)
 
 
 def _weight(m: Micro, cap: float) -> torch.Tensor | None:
@@ -106,18 +143,18 @@ class GRPO:
     def __init__(self, eps_low: float, eps_high: float, scale_std: bool = True):
         self.eps_low, self.eps_high, self.scale_std = eps_low, eps_high, scale_std
 
-    def prepare(self, b: StepBatch, scorer: Scorer) -> None:
-        b.advantage["grpo"] = signal.group_advantages(b.rewards, b.group_size, self.scale_std)
+    def prepare(self, b: StepBatch, scorer: Scorer) -> Targets:
+        return Targets(advantage=signal.group_advantages(b.rewards, b.group_size, self.scale_std))
 
-    def loss(self, m: Micro, b: StepBatch, scorer: Scorer) -> LossOut:
-        adv = b.advantage["grpo"][m.rows, None].expand_as(m.logp)
+    def loss(self, m: Micro, b: StepBatch, t: Targets, scorer: Scorer) -> LossOut:
+        adv = t.advantage[m.rows, None].expand_as(m.logp)
         loss, clipped = obj.ppo_clip_loss(m.logp, m.old_logp, adv, self.eps_low, self.eps_high)
         return LossOut(loss, self.loss_mask(b, m.rows), clipped)
 
     def loss_mask(self, b: StepBatch, rows: torch.Tensor) -> torch.Tensor:
         return b.student.response_mask[rows]
 
-    def metrics(self, b: StepBatch) -> dict[str, float]:
+    def metrics(self, b: StepBatch, t: Targets, seen: Seen) -> dict[str, float]:
         return {}
 
 
@@ -140,20 +177,19 @@ class _Distill:
             raise ValueError(f"lam={lam} needs negatives (k >= 1); SDPO is lam=0, k=0")
         self.lam, self.num_negatives, self.aggregator, self.is_clip = lam, k, aggregator, is_clip
 
-    def _score_tokens(self, b: StepBatch, scorer: Scorer) -> None:
+    def _score_tokens(self, b: StepBatch, scorer: Scorer) -> Targets:
         """ℓT on rows with a signal and G on rows with a contrast, one batched pass: (N, R) each."""
         n, r = b.student.response_ids.shape
-        b.teacher_logp = torch.zeros(n, r, dtype=b.dtype, device=b.rewards.device)
+        teacher = torch.zeros(n, r, dtype=b.dtype, device=b.rewards.device)
+        generic = torch.zeros_like(teacher) if self.num_negatives else None
         active = b.has_signal.nonzero().squeeze(-1)
-        if self.num_negatives:
-            b.generic_logp = torch.zeros_like(b.teacher_logp)
-        if active.numel() == 0:
-            return
-        packs = [b.teacher.rows(active)] + [neg.rows(active) for neg in b.negatives[: self.num_negatives]]
-        logp = scorer.teacher_logprobs(packs)  # (1+K, A, R)
-        b.teacher_logp[active] = logp[0]
-        if self.num_negatives:
-            b.generic_logp[active] = signal.generic_part(logp[1:].transpose(0, 1), self.aggregator)
+        if active.numel():
+            packs = [b.teacher.rows(active)] + [neg.rows(active) for neg in b.negatives[: self.num_negatives]]
+            logp = scorer.teacher_logprobs(packs)  # (1+K, A, R)
+            teacher[active] = logp[0].to(teacher.dtype)
+            if generic is not None:
+                generic[active] = signal.generic_part(logp[1:].transpose(0, 1), self.aggregator).to(teacher.dtype)
+        return Targets(teacher_logp=teacher, generic_logp=generic)
 
     def _generic_or_student(self, generic: torch.Tensor, student: torch.Tensor, rows: torch.Tensor,
                             b: StepBatch) -> torch.Tensor:
@@ -161,20 +197,22 @@ class _Distill:
         contrast = b.has_contrast[rows].bool().view(-1, *([1] * (generic.dim() - 1)))
         return torch.where(contrast, generic, student.detach())
 
-    def token_reward(self, teacher_logp: torch.Tensor, student_logp: torch.Tensor, rows: torch.Tensor,
-                     b: StepBatch) -> torch.Tensor:
+    def token_reward(self, teacher_logp: torch.Tensor, generic_logp: torch.Tensor | None,
+                     student_logp: torch.Tensor, rows: torch.Tensor, b: StepBatch) -> torch.Tensor:
         """r^λ_t = (1−λ)·ΔV_t + λ·S_t for the given rows: (n, R)."""
         dv = signal.delta_v(teacher_logp, student_logp.detach())
         if not self.num_negatives:
             return dv
-        generic = self._generic_or_student(b.generic_logp[rows], student_logp, rows, b)
+        generic = self._generic_or_student(generic_logp, student_logp, rows, b)
         return signal.credit_reward(dv, signal.specific_part(teacher_logp, generic), self.lam)
 
     def loss_mask(self, b: StepBatch, rows: torch.Tensor) -> torch.Tensor:
         return b.distill_mask[rows]
 
-    def metrics(self, b: StepBatch) -> dict[str, float]:
-        return signal_metrics(b)
+    def metrics(self, b: StepBatch, t: Targets, seen: Seen) -> dict[str, float]:
+        teacher = t.teacher_logp if t.teacher_logp is not None else seen.teacher_logp
+        generic = t.generic_logp if t.generic_logp is not None else seen.generic_logp
+        return signal_metrics(b, teacher, generic if self.num_negatives else None, seen.student_logp)
 
 
 class TokenCredit(_Distill):
@@ -185,12 +223,13 @@ class TokenCredit(_Distill):
         super().__init__(lam, k, aggregator, is_clip)
         self.reward_to_go, self.gamma, self.clip = reward_to_go, gamma, clip_advantage
 
-    def prepare(self, b: StepBatch, scorer: Scorer) -> None:
-        self._score_tokens(b, scorer)
+    def prepare(self, b: StepBatch, scorer: Scorer) -> Targets:
+        return self._score_tokens(b, scorer)
 
-    def loss(self, m: Micro, b: StepBatch, scorer: Scorer) -> LossOut:
+    def loss(self, m: Micro, b: StepBatch, t: Targets, scorer: Scorer) -> LossOut:
         mask = self.loss_mask(b, m.rows)
-        adv = self.token_reward(b.teacher_logp[m.rows], m.logp, m.rows, b)
+        generic = t.generic_logp[m.rows] if t.generic_logp is not None else None
+        adv = self.token_reward(t.teacher_logp[m.rows], generic, m.logp, m.rows, b)
         if self.reward_to_go:
             adv = signal.reward_to_go(adv, mask, self.gamma)
         adv = signal.clip_advantage(adv, self.clip) * mask  # A_SD = 0 without a teacher signal
@@ -208,17 +247,19 @@ class SequenceCredit(_Distill):
         super().__init__(lam, k, aggregator, is_clip)
         self.length_normalize, self.scale_std = length_normalize, scale_std
 
-    def prepare(self, b: StepBatch, scorer: Scorer) -> None:
-        self._score_tokens(b, scorer)
+    def prepare(self, b: StepBatch, scorer: Scorer) -> Targets:
+        t = self._score_tokens(b, scorer)
         rows = torch.arange(len(b.rewards), device=b.rewards.device)
         mask = b.distill_mask
-        score = signal.sequence_sum(self.token_reward(b.teacher_logp, b.old_logp, rows, b), mask)  # (N,)
+        reward = self.token_reward(t.teacher_logp, t.generic_logp, b.old_logp, rows, b)  # (N, R)
+        score = signal.sequence_sum(reward, mask)  # (N,)
         if self.length_normalize:
             score = score / mask.sum(-1).clamp(min=1)
-        b.advantage["sequence"] = signal.group_advantages(score, b.group_size, self.scale_std, mask=b.has_signal)
+        advantage = signal.group_advantages(score, b.group_size, self.scale_std, mask=b.has_signal)
+        return Targets(teacher_logp=t.teacher_logp, generic_logp=t.generic_logp, advantage=advantage)
 
-    def loss(self, m: Micro, b: StepBatch, scorer: Scorer) -> LossOut:
-        adv = b.advantage["sequence"][m.rows, None].expand_as(m.logp)
+    def loss(self, m: Micro, b: StepBatch, t: Targets, scorer: Scorer) -> LossOut:
+        adv = t.advantage[m.rows, None].expand_as(m.logp)
         return LossOut(obj.reinforce_loss(m.logp, adv, _weight(m, self.is_clip)), self.loss_mask(b, m.rows))
 
 
@@ -239,10 +280,8 @@ class LogitCredit(_Distill):
             raise ValueError(f"alpha={alpha}: logit-mode CREDIT is defined for the reverse-KL family (alpha=1)")
         self.alpha, self.top_k, self.tail, self.temperature = alpha, top_k, tail, temperature
 
-    def prepare(self, b: StepBatch, scorer: Scorer) -> None:
-        n, r = b.student.response_ids.shape
-        b.teacher_logp = torch.zeros(n, r, dtype=b.dtype, device=b.rewards.device)
-        b.generic_logp = torch.zeros_like(b.teacher_logp) if self.num_negatives else None
+    def prepare(self, b: StepBatch, scorer: Scorer) -> Targets:
+        return Targets()  # the teacher runs inside the update, on the current student's support
 
     def _teacher(self, scorer: Scorer, packed: Packed, ask: torch.Tensor | None, tokens: torch.Tensor,
                  role: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,7 +292,7 @@ class LogitCredit(_Distill):
             return logp, logp.gather(-1, tokens[..., None]).squeeze(-1)
         return obj.support_from_topk(logp[..., :-1], self.tail), logp[..., -1]
 
-    def loss(self, m: Micro, b: StepBatch, scorer: Scorer) -> LossOut:
+    def loss(self, m: Micro, b: StepBatch, t: Targets, scorer: Scorer) -> LossOut:
         mask = self.loss_mask(b, m.rows)
         tokens = b.student.response_ids[m.rows]  # (n, R)
         if self.top_k:
@@ -263,8 +302,7 @@ class LogitCredit(_Distill):
         else:
             student, ask = signal.head_full_logprobs(m.hidden, self.temperature), None  # (n, R, V)
         teacher, t_token = self._teacher(scorer, b.teacher.rows(m.rows), ask, tokens, "teacher")
-        if m.first_epoch:
-            b.teacher_logp[m.rows] = t_token.to(b.teacher_logp.dtype)
+        g_token = None
         if self.num_negatives:
             negs, neg_token = [], []
             for neg in b.negatives[: self.num_negatives]:
@@ -273,13 +311,12 @@ class LogitCredit(_Distill):
                 neg_token.append(token)
             generic = self._generic_or_student(signal.AGGREGATORS[self.aggregator](torch.stack(negs, 1)),
                                                student, m.rows, b)  # (n, R, U)
-            if m.first_epoch:
-                b.generic_logp[m.rows] = signal.generic_part(torch.stack(neg_token, 1), self.aggregator)
+            g_token = signal.generic_part(torch.stack(neg_token, 1), self.aggregator)
             loss = obj.credit_logit_loss(student, teacher, generic, self.lam)
         else:
             loss = obj.divergence(student, teacher, self.alpha)
         weight = _weight(m, self.is_clip)
-        return LossOut(loss if weight is None else loss * weight, mask)
+        return LossOut(loss if weight is None else loss * weight, mask, teacher_logp=t_token, generic_logp=g_token)
 
 
 # ----------------------------------------------------------------------------- SDPO paper Eq. 3
@@ -300,20 +337,19 @@ class Blend:
         self.needs_student_logp = distill.needs_student_logp
         self.uses_teacher = True
 
-    def prepare(self, b: StepBatch, scorer: Scorer) -> None:
-        self.outcome.prepare(b, scorer)
-        self.distill.prepare(b, scorer)
+    def prepare(self, b: StepBatch, scorer: Scorer) -> Targets:
+        return dataclasses.replace(self.distill.prepare(b, scorer), outcome=self.outcome.prepare(b, scorer))
 
-    def loss(self, m: Micro, b: StepBatch, scorer: Scorer) -> LossOut:
-        rl, sd = self.outcome.loss(m, b, scorer), self.distill.loss(m, b, scorer)
+    def loss(self, m: Micro, b: StepBatch, t: Targets, scorer: Scorer) -> LossOut:
+        rl, sd = self.outcome.loss(m, b, t.outcome, scorer), self.distill.loss(m, b, t, scorer)
         loss = self.w * rl.loss + (1.0 - self.w) * torch.where(sd.mask.bool(), sd.loss, torch.zeros_like(sd.loss))
-        return LossOut(loss, self.loss_mask(b, m.rows), rl.clipped)
+        return LossOut(loss, self.loss_mask(b, m.rows), rl.clipped, sd.teacher_logp, sd.generic_logp)
 
     def loss_mask(self, b: StepBatch, rows: torch.Tensor) -> torch.Tensor:
         return (self.outcome if self.w > 0 else self.distill).loss_mask(b, rows)
 
-    def metrics(self, b: StepBatch) -> dict[str, float]:
-        return self.distill.metrics(b)
+    def metrics(self, b: StepBatch, t: Targets, seen: Seen) -> dict[str, float]:
+        return self.distill.metrics(b, t, seen)
 
 
 # ----------------------------------------------------------------------------- from the config
@@ -345,15 +381,17 @@ def build_method(cfg) -> GRPO | _Distill | Blend:
 # ----------------------------------------------------------------------------- metrics
 
 
-def signal_metrics(b: StepBatch) -> dict[str, float]:
-    """``signal/*``: ΔV, S, G over tokens of rollouts with a teacher signal, the same in every mode."""
-    if b.teacher_logp is None or b.student_logp is None:
+def signal_metrics(b: StepBatch, teacher_logp: torch.Tensor | None, generic_logp: torch.Tensor | None,
+                   student_logp: torch.Tensor) -> dict[str, float]:
+    """``signal/*``: ΔV, S, G over tokens of rollouts with a teacher signal, the same in every mode.
+    ``teacher_logp``, ``generic_logp``, ``student_logp``: (N, R) of the sampled tokens."""
+    if teacher_logp is None:
         return {}
     mask = b.distill_mask
     out = {"signal/active_fraction": b.has_signal.mean().item()}
     if not mask.any():
         return out
-    dv = signal.delta_v(b.teacher_logp, b.student_logp)
+    dv = signal.delta_v(teacher_logp, student_logp)
     pmi = signal.sequence_sum(dv, mask)
     active = b.has_signal.bool()
     out.update({
@@ -363,16 +401,16 @@ def signal_metrics(b: StepBatch) -> dict[str, float]:
     })
     if active.sum() > 1 and b.rewards[active].std() > 0 and pmi[active].std() > 0:
         out["signal/pmi_reward_corr"] = torch.corrcoef(torch.stack([pmi[active], b.rewards[active]]))[0, 1].item()
-    if b.generic_logp is not None:
+    if generic_logp is not None:
         cmask = mask * b.has_contrast[:, None]
         out["credit/no_contrast_fraction"] = 1.0 - b.has_contrast[active].mean().item()
         if cmask.any():
-            s = signal.specific_part(b.teacher_logp, b.generic_logp)
+            s = signal.specific_part(teacher_logp, generic_logp)
             contrasted = (b.has_signal * b.has_contrast).bool()
             out.update({
                 "signal/s_mean": signal.masked_mean(s, cmask).item(),
                 "signal/s_std": signal.masked_std(s, cmask).item(),
-                "signal/g_mean": signal.masked_mean(b.generic_logp, cmask).item(),
+                "signal/g_mean": signal.masked_mean(generic_logp, cmask).item(),
                 "signal/contrastive_mean": signal.sequence_sum(s, cmask)[contrasted].mean().item(),
                 "signal/s_negative_fraction": signal.masked_mean((s < 0).float(), cmask).item(),
             })

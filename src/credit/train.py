@@ -36,7 +36,7 @@ from credit.config import TrainConfig
 from credit.errors import UserError
 from credit.evaluate import evaluate, merge_shares
 from credit.logging import rollout_records
-from credit.methods import Micro, StepBatch, build_method
+from credit.methods import Micro, Seen, StepBatch, Targets, build_method
 from credit.models import load_model
 from credit.rollout import SamplingConfig, check_prompt_lengths, encode_prompts, sample
 from credit.scoring import pack, response_hidden, response_logprobs
@@ -147,7 +147,7 @@ class Trainer:
 
     # ---- 1-5: rollout, outcomes, teacher contexts and negatives, the method's targets
 
-    def collect(self, step: int) -> tuple[StepBatch, dict, list[dict]]:
+    def collect(self, step: int) -> tuple[StepBatch, Targets, dict, list[dict]]:
         cfg, c = self.cfg, self.cfg.credit
         world, rank = self.acc.num_processes, self.acc.process_index
         if cfg.rollout.prompts_per_step % world:
@@ -215,8 +215,18 @@ class Trainer:
             metrics.update(negs.metrics())
         responses, device = rollouts.response_ids, self.acc.device
         r_len = max(len(y) for y in responses)
+        student = pack(rollouts.prompt_ids, responses, self.pad_id, r_len).to(device)
+        metrics["perf/context_s"] = time.perf_counter() - t2
+
+        # 5. the method's targets: teacher log-probs, G, advantages (no grad)
+        t3 = time.perf_counter()
+        old_logp = None
+        if self.off_policy or self.method.needs_student_logp:
+            with torch.no_grad(), parallel.gathered(self.model):
+                old_logp = response_logprobs(self.unwrapped, student, cfg.rollout.temperature, cfg.optim.micro_batch,
+                                             share_prefix=self.share_prefix)
         batch = StepBatch(
-            student=pack(rollouts.prompt_ids, responses, self.pad_id, r_len).to(device),
+            student=student,
             teacher=pack(contexts.context_ids, responses, self.pad_id, r_len).to(device),
             negatives=[pack([n[j] if n else c_ for n, c_ in zip(negative_contexts, contexts.context_ids)],
                             responses, self.pad_id, r_len).to(device) for j in range(k)],
@@ -225,26 +235,19 @@ class Trainer:
             has_contrast=torch.tensor([len(n) == k > 0 for n in negative_contexts], dtype=torch.float32, device=device),
             group_size=cfg.rollout.samples_per_prompt,
             dtype=torch.float64 if cfg.model.dtype == "float64" else torch.float32,
+            old_logp=old_logp,
         )
-        metrics["perf/context_s"] = time.perf_counter() - t2
-
-        # 5. the method's targets: teacher log-probs, G, advantages (no grad)
-        t3 = time.perf_counter()
-        if self.off_policy or self.method.needs_student_logp:
-            with torch.no_grad(), parallel.gathered(self.model):
-                batch.old_logp = response_logprobs(self.unwrapped, batch.student, cfg.rollout.temperature,
-                                                   cfg.optim.micro_batch, share_prefix=self.share_prefix)
         # the teacher's weights gathered once for all its passes: a rank needs as many forwards as its own
         # rows with a signal (maybe none), and no forward inside the block is a collective
         with self.teacher.gathered(self.unwrapped) if self.method.uses_teacher else contextlib.nullcontext():
-            self.method.prepare(batch, self.scorer)
+            targets = self.method.prepare(batch, self.scorer)
         metrics["perf/teacher_s"] = time.perf_counter() - t3
         metrics["perf/rollout_s"] = t1 - t0
         lc = cfg.log
         logged = self.acc.is_main_process and lc.rollouts_every and step % lc.rollouts_every == 0
         records = rollout_records(self.tok, step, examples, groups, rollouts, outcomes, contexts, negative_contexts,
                                   mine, lc.rollouts_per_step if logged else 0)
-        return batch, metrics, records
+        return batch, targets, metrics, records
 
     @property
     def off_policy(self) -> bool:
@@ -252,11 +255,11 @@ class Trainer:
 
     # ---- 6: update
 
-    def update(self, batch: StepBatch, step: int) -> dict:
+    def update(self, batch: StepBatch, targets: Targets, step: int) -> dict:
         cfg, o = self.cfg, self.cfg.optim
         n = batch.rewards.shape[0]
         world = self.acc.num_processes
-        batch.student_logp = torch.zeros_like(batch.student.response_mask, dtype=batch.dtype)
+        seen = Seen.empty(batch)  # what the first epoch saw, for the metrics
         sums = {"loss": 0.0, "clip": 0.0, "tokens": 0.0}
         finite_steps, grad_norm = 0, 0.0
         gen = _torch_gen(cfg.seed, step, "minibatch")
@@ -280,10 +283,10 @@ class Trainer:
                             hidden = response_hidden(self.model, packed, self.share_update)  # (n, R, H), no logits
                             logp = head_token_logprobs(hidden, packed.response_ids, cfg.rollout.temperature)
                             old = batch.old_logp[rows] if self.off_policy else logp.detach()
-                            if epoch == 0:
-                                batch.student_logp[rows] = logp.detach()
                             out = self.method.loss(Micro(rows, hidden, logp, old, self.off_policy, epoch == 0),
-                                                   batch, self.scorer)
+                                                   batch, targets, self.scorer)
+                            if epoch == 0:
+                                seen.record(rows, logp, out)
                             loss = obj.aggregate(out.loss, out.mask, o.loss_aggregation, normalizer=norm)
                         # each process's loss is its share of the global mean: DDP averages gradients over
                         # processes (hence × world), FSDP2 sums them (credit.parallel.shard)
@@ -318,10 +321,10 @@ class Trainer:
             "perf/teacher_update_s": t_teacher,
             # −mean ℓS of the sampled tokens: an unbiased estimate of the sampling policy's per-token entropy
             # (at the sampling temperature); a collapse shows here before the reward moves
-            "policy/entropy": -float((batch.student_logp * batch.student.response_mask).sum()
+            "policy/entropy": -float((seen.student_logp * batch.student.response_mask).sum()
                                      / batch.student.response_mask.sum().clamp(min=1)),
         }
-        metrics.update(self.method.metrics(batch))
+        metrics.update(self.method.metrics(batch, targets, seen))
         return metrics
 
     def _clip_grad(self) -> float:
@@ -363,10 +366,10 @@ class Trainer:
         # one autocast region for rollout, ℓold and the teacher's passes (no weight changes inside, so its
         # cached bf16 weights serve every decode step); the update opens one per micro-batch (update())
         with self.acc.autocast(), parallel.stage(f"step {step}: rollout and teacher passes"):
-            batch, metrics, records = self.collect(step)
+            batch, targets, metrics, records = self.collect(step)
         t1 = time.perf_counter()
         with parallel.stage(f"step {step}: update"):
-            metrics.update(self.update(batch, step))
+            metrics.update(self.update(batch, targets, step))
         metrics["perf/update_s"] = time.perf_counter() - t1
         metrics.update(self.scorer.pop_seconds())
         metrics["perf/step_s"] = time.perf_counter() - t0
