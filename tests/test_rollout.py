@@ -1,12 +1,14 @@
 """Rollout sampling on the tiny random Llama: grouping, packing, eos, stop strings, truncation,
-determinism (seed, generator, temperature 0), and train/eval mode handling."""
+determinism (seed, generator, temperature 0), train/eval mode handling; every engine samples what
+``generate`` samples (the same tokens while no row ends early, the same distribution after); the
+engine registry is the one list of backends, and the loop calls an engine's ``load_weights``."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from credit.rollout import Rollouts, SamplingConfig, _find_stop, encode_prompts, sample
+from credit.rollout import ENGINES, ContinuousEngine, LoopEngine, Rollouts, SamplingConfig, _find_stop, encode_prompts, sample
 
 CHATS = [
     [{"role": "user", "content": "What is 2 + 3?"}],
@@ -183,7 +185,7 @@ def _early_ending(model):
     return model
 
 
-@pytest.mark.parametrize("backend", ["loop", "static"])
+@pytest.mark.parametrize("backend", ["loop", "static", "continuous"])
 @pytest.mark.parametrize("share_prefill", [True, False])
 def test_backends_decode_greedily_like_generate(fresh_tiny_model, tiny_tokenizer, prompts, backend, share_prefill):
     model, tok = fresh_tiny_model, tiny_tokenizer
@@ -203,40 +205,161 @@ def test_backends_decode_greedily_like_generate(fresh_tiny_model, tiny_tokenizer
     assert out.response_ids == ref.response_ids and out.truncated == ref.truncated
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(top_p=0.9), dict(top_k=5, temperature=0.7)])
-def test_loop_draws_the_tokens_generate_draws_while_no_row_ended(tiny_model_and_tokenizer, prompts, kw):
-    # min_new_tokens = max_new_tokens: no row ends early, so the loop's batch never shrinks and its
-    # one multinomial draw per step must be generate's draw: the same processors, in the same order
+@pytest.mark.parametrize("slots", [1, 3])
+def test_continuous_refills_ended_slots_greedily_like_generate(fresh_tiny_model, tiny_tokenizer, prompts, slots):
+    # 3 samples of each prompt through 1 or 3 slots: prompt 0's samples end early and hand their slots to
+    # queued samples (prompt 1's, whose prefill is copied in); greedy, so every sample is generate's
+    model, tok = fresh_tiny_model, tiny_tokenizer
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(4)
+    kw = dict(num_samples=3, max_new_tokens=6, temperature=0)
+    first, other = (sample(model, tok, [p], **kw).response_ids[0] for p in prompts)
+    k = next(k for k in range(1, 5) if first[k] not in first[:k] and first[k] not in other)
+    model.generation_config.eos_token_id = first[k]
+    ref = sample(model, tok, prompts, **kw)
+    assert [len(y) for y in ref.response_ids] == [k + 1] * 3 + [6] * 3
+    for share_prefill in (True, False):
+        out = sample(model, tok, prompts, backend="continuous", micro_batch_size=slots, share_prefill=share_prefill, **kw)
+        assert out.response_ids == ref.response_ids and out.truncated == ref.truncated
+
+
+@pytest.mark.parametrize("backend", ["loop", "continuous"])
+@pytest.mark.parametrize("kw", [dict(), dict(top_p=0.9), dict(top_k=5, temperature=0.7), dict(micro_batch_size=4)])
+def test_engines_draw_the_tokens_generate_draws_while_no_row_ended(tiny_model_and_tokenizer, prompts, backend, kw):
+    # min_new_tokens = max_new_tokens: no row ends early, so the batch never shrinks and its one
+    # multinomial draw per step must be generate's draw: the same processors, in the same order; with
+    # micro-batches of 4 (6 sequences), continuous's two waves take generate's two micro-batch seeds
     model, tok = tiny_model_and_tokenizer
     cfg = SamplingConfig(num_samples=3, max_new_tokens=6, min_new_tokens=6, seed=11, **kw)
     ref = sample(model, tok, prompts, cfg)
-    out = sample(model, tok, prompts, cfg, backend="loop")
+    out = sample(model, tok, prompts, cfg, backend=backend)
     assert out.response_ids == ref.response_ids
     assert len({tuple(y) for y in ref.response_ids}) > 1
 
 
-def test_loop_samples_the_distribution_generate_samples(fresh_tiny_model, tiny_tokenizer, prompts):
-    # once rows end, the loop's draws are other draws from the same distribution: compare the length
-    # distribution and the model's log-prob of the sampled tokens over 512 samples per backend
+@pytest.mark.parametrize("backend, slots", [("loop", 128), ("continuous", 128), ("continuous", 48)])
+def test_engines_sample_the_distribution_generate_samples(fresh_tiny_model, tiny_tokenizer, prompts, backend, slots):
+    # once rows end, the draws are other draws from the same distribution: compare the length
+    # distribution and the model's log-prob of the sampled tokens over 512 samples per backend;
+    # continuous with 128 or 48 slots for 512 sequences refills ended slots from its queue
     from credit.scoring import response_logprobs
 
     model, tok = _early_ending(fresh_tiny_model), tiny_tokenizer
     cfg = SamplingConfig(num_samples=256, max_new_tokens=5, seed=5, micro_batch_size=128)
     stats = {}
-    for backend in ("generate", "loop"):
-        out = sample(model, tok, prompts, cfg, backend=backend)
+    for name in ("generate", backend):
+        out = sample(model, tok, prompts, cfg, backend=name, micro_batch_size=128 if name == "generate" else slots)
         packed = out.pack(tok.pad_token_id)
         with torch.no_grad():
             logp = response_logprobs(model, packed)  # (N, R)
         per_sample = logp.sum(-1)  # log-prob of the whole response
         lengths = torch.tensor([len(y) for y in out.response_ids], dtype=torch.float64)
-        stats[backend] = (lengths, per_sample.double())
-    for a, b in zip(stats["generate"], stats["loop"]):
+        stats[name] = (lengths, per_sample.double())
+    for a, b in zip(stats["generate"], stats[backend]):
         se = (a.var() / len(a) + b.var() / len(b)).sqrt()
         assert abs(a.mean() - b.mean()) < 5 * se, (a.mean(), b.mean(), se)
     assert stats["generate"][0].std() > 0.5  # lengths really vary
 
 
-def test_unknown_backend_is_refused():
-    with pytest.raises(ValueError, match="backend must be one of generate, loop, static"):
+@pytest.mark.parametrize("kw", [dict(temperature=1.0), dict(temperature=0.7, top_p=0.8, top_k=50)])
+def test_continuous_returns_the_log_probs_the_learner_scores(fresh_tiny_model, tiny_tokenizer, prompts, kw):
+    # each token's log softmax(z / T) over the whole vocabulary, as response_logprobs rescores it (top-p and
+    # top-k shape the draw, not the learner's log-prob); decoded with a cache vs one packed forward: rounding
+    from credit.scoring import response_logprobs
+
+    model, tok = _early_ending(fresh_tiny_model), tiny_tokenizer
+    out = sample(model, tok, prompts, num_samples=4, max_new_tokens=6, seed=2, micro_batch_size=3,
+                 backend="continuous", stop=("e",), **kw)
+    assert [len(lp) for lp in out.logprobs] == [len(y) for y in out.response_ids]
+    assert len({len(y) for y in out.response_ids}) > 1  # ends and cuts of several lengths
+    with torch.no_grad():
+        ref = response_logprobs(model, out.pack(tok.pad_token_id), kw["temperature"])  # (N, R)
+    for row, lp in zip(ref, out.logprobs):
+        assert torch.allclose(row[:len(lp)], torch.tensor(lp), atol=1e-5)
+    assert sample(model, tok, prompts, max_new_tokens=2, seed=2).logprobs is None  # generate returns none
+
+
+def test_continuous_same_seed_same_samples_and_stop_strings(tiny_model_and_tokenizer, prompts):
+    model, tok = tiny_model_and_tokenizer
+    cfg = SamplingConfig(num_samples=3, max_new_tokens=6, seed=7, micro_batch_size=4, backend="continuous")
+    state = torch.get_rng_state()
+    a, b = sample(model, tok, prompts, cfg), sample(model, tok, prompts, cfg)
+    g = sample(model, tok, prompts, cfg, seed=None, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert a.response_ids == b.response_ids == g.response_ids
+    assert a.response_ids != sample(model, tok, prompts, cfg, seed=8).response_ids
+    # a stop string ends the response at its completing token (as generate's test above)
+    ids = sample(model, tok, prompts[:1], seed=5, max_new_tokens=8, backend="continuous").response_ids[0]
+    k = next(k for k in range(2, 8)
+             if len(tok.decode(ids[:k])) >= 2 and tok.decode(ids[:k])[-2:] not in tok.decode(ids[:k - 1]))
+    stop = tok.decode(ids[:k])[-2:]
+    out = sample(model, tok, prompts[:1], seed=5, max_new_tokens=8, stop=(stop,), backend="continuous")
+    assert out.response_ids[0] == ids[:k] and out.truncated == [False]
+
+
+def test_continuous_reports_progress_per_finished_sample(tiny_model_and_tokenizer, prompts):
+    model, tok = tiny_model_and_tokenizer
+    seen = []
+    out = sample(model, tok, prompts, num_samples=3, max_new_tokens=4, seed=0, micro_batch_size=2,
+                 backend="continuous", progress=seen.append)
+    assert sum(seen) == len(out) == 6
+
+
+# ----------------------------------------------------------------------------- the engine seam
+
+
+def test_unknown_backend_is_refused_naming_every_engine():
+    with pytest.raises(ValueError, match="backend must be one of generate, loop, static, continuous"):
         SamplingConfig(backend="vllm")
+    from credit.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"rollout.backend: must be one of generate, loop, static, continuous \(got 'vllm'\)"):
+        load_config(None, ["rollout.backend=vllm"])
+
+
+def test_the_registry_loads_without_torch():
+    # the config and every CLI's --backend choices read ENGINES: importing it must not load torch
+    import subprocess
+    import sys
+
+    code = "import sys, credit.rollout as r; assert list(r.ENGINES) and 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_engine_registered_once_is_a_backend_everywhere(tiny_model_dir, tmp_path, monkeypatch):
+    # a new engine is one entry of ENGINES: the config accepts its name, and the loop samples with it and
+    # hands it the training module before every rollout (where an inference engine would copy weights)
+    from accelerate.state import AcceleratorState
+
+    import credit.train as train_mod
+    from credit.config import load_config
+
+    class Recording(LoopEngine):
+        name = "recording"
+        calls: list = []
+
+        def load_weights(self, model):
+            self.calls.append(("load_weights", model))
+
+        def sample(self, prompts, sampling=None, **kw):
+            self.calls.append(("sample", sampling.backend))
+            return super().sample(prompts, sampling, **kw)
+
+    monkeypatch.setitem(ENGINES, "recording", Recording)
+    AcceleratorState._reset_state()
+    cfg = load_config(None, [f"model.name={tiny_model_dir}", f"out_dir={tmp_path}", "device=cpu", "method=sdpo",
+                             "rollout.prompts_per_step=2", "rollout.samples_per_prompt=3", "rollout.max_new_tokens=4",
+                             "rollout.backend=recording", "optim.micro_batch=6", "log.progress=false",
+                             "log.tensorboard=false"])
+    trainer = train_mod.Trainer(cfg)
+    for step in range(2):
+        trainer.run_step(step)
+    assert [c[0] for c in Recording.calls] == ["load_weights", "sample"] * 2
+    assert all(c[1] is trainer.unwrapped for c in Recording.calls if c[0] == "load_weights")
+    assert isinstance(trainer.engine, Recording)
+
+
+def test_continuous_engine_is_built_from_the_module():
+    assert ENGINES["continuous"] is ContinuousEngine and ContinuousEngine.refills
+    assert not any(ENGINES[name].refills for name in ("generate", "loop", "static"))

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 
 class ConfigError(ValueError):
@@ -58,9 +59,20 @@ class RolloutConfig(_Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
     stop: list[str] = Field(default_factory=list, description="Stop strings (the response ends after one).")
     micro_batch: int = Field(64, ge=1, description="Sequences per generate call.")
-    backend: Literal["generate", "loop", "static"] = Field(
-        "generate", description="generate: transformers generate; loop: a decode loop that drops ended rows "
-        "(faster when decoding is compute-bound, e.g. CPU); static: generate with a static cache (compiled on CUDA).")
+    backend: str = Field(
+        "generate", description="The rollout engine (credit.rollout.ENGINES): generate: transformers generate; loop: a "
+        "decode loop that drops ended rows (faster when decoding is compute-bound, e.g. CPU); static: generate with a "
+        "static cache (compiled on CUDA); continuous: continuous batching over a slot KV cache (an ended response's "
+        "slot goes to the next queued sample; returns the tokens' log-probs). All sample the same distribution.")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_engine(cls, name: str) -> str:
+        from credit.rollout import ENGINES  # a light import: the registry, not torch
+
+        if name not in ENGINES:
+            raise PydanticCustomError("engine", "must be one of {choices}", {"choices": ", ".join(ENGINES)})
+        return name
 
 
 class TeacherConfig(_Section):

@@ -180,18 +180,23 @@ def merge_shares(parts: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
 
 
 def _sample_in_pieces(model, tokenizer, prompts, cfg, seed: int, progress: bool):
-    """``sample(..., seed=seed)`` in pieces of whole micro-batches holding whole items, for a progress
-    bar: the pieces draw their per-micro-batch seeds from one generator in the same order, so the
-    samples are those of a single call."""
+    """``sample(..., seed=seed)`` with a progress bar. An engine that refills its batch from the whole
+    queue (``continuous``) samples in one call and reports each finished sample; the others sample in
+    pieces of whole micro-batches holding whole items, whose per-micro-batch seeds come from one
+    generator in the same order, so the samples are those of a single call."""
     import math
 
     import torch
     from tqdm.auto import tqdm
 
-    from credit.rollout import Rollouts, sample
+    from credit.rollout import ENGINES, Rollouts, sample
 
     generator = torch.Generator().manual_seed(seed)  # what sample() makes of cfg.seed=seed
     n, mb = cfg.num_samples, cfg.micro_batch_size or len(prompts) * cfg.num_samples
+    if ENGINES[cfg.backend].refills:
+        with tqdm(total=len(prompts) * n, unit="sample", desc="eval", leave=False,
+                  disable=None if progress else True) as bar:
+            return sample(model, tokenizer, prompts, cfg, generator=generator, progress=bar.update)
     per_piece = math.lcm(mb, n) // n  # items
     out = Rollouts([], [], [], [], [], num_samples=n)
     with tqdm(total=len(prompts), unit="item", desc="eval", leave=False, disable=None if progress else True) as bar:
@@ -235,6 +240,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from credit.rollout import ENGINES
     from credit.runfiles import add_chat_template_arg, add_common_model_args
 
     p = sub.add_parser("eval", help="mean@n, pass@k, maj@n of a model or checkpoint on a task's held-out split",
@@ -257,8 +263,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int,
                    help=f"sequences per generate call; each has its own seed (run: rollout.micro_batch; else {d['batch_size']})")
     p.add_argument("--seed", type=int, help=f"(run: seed; else {d['seed']})")
-    p.add_argument("--backend", choices=["generate", "loop", "static"],
-                   help=f"how tokens are decoded (credit.rollout; run: rollout.backend; else {d['backend']})")
+    p.add_argument("--backend", choices=list(ENGINES),
+                   help=f"the rollout engine that decodes (credit.rollout.ENGINES; run: rollout.backend; else {d['backend']})")
     add_chat_template_arg(p)
     p.add_argument("--limit", type=int, help="only the first N items (run: eval.limit)")
     p.add_argument("--success-threshold", type=float, default=1.0, help="reward counted as correct (default 1.0)")

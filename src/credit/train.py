@@ -38,7 +38,7 @@ from credit.evaluate import evaluate, merge_shares
 from credit.logging import rollout_records
 from credit.methods import Micro, Seen, StepBatch, Targets, build_method
 from credit.models import load_model
-from credit.rollout import SamplingConfig, check_prompt_lengths, encode_prompts, sample
+from credit.rollout import SamplingConfig, build_engine, check_prompt_lengths, encode_prompts, sample
 from credit.scoring import pack, response_hidden, response_logprobs
 from credit.signal import head_token_logprobs
 from credit.tasks import Example, build_task
@@ -167,8 +167,11 @@ class Trainer:
             micro_batch_size=cfg.rollout.micro_batch, backend=cfg.rollout.backend)
         chat = cfg.model.chat_template_kwargs
         prompt_ids = encode_prompts(self.tok, [examples[i].messages for i in local], chat_template_kwargs=chat)
+        if not hasattr(self, "engine"):  # the rollout engine (credit.rollout.ENGINES), built at the first rollout
+            self.engine = build_engine(cfg.rollout.backend, self.unwrapped, self.tok)
         with parallel.gathered(self.model):  # sharded: whole weights once, then no collective per token
-            rollouts = sample(self.unwrapped, self.tok, prompt_ids, sampling,
+            self.engine.load_weights(self.unwrapped)  # what the last optimizer step (or a resume) wrote
+            rollouts = sample(self.engine, self.tok, prompt_ids, sampling,
                               generator=_torch_gen(cfg.seed, step, f"sample{rank}"))
         metrics.update(rollouts.metrics())
         groups = [local[g] for g in rollouts.group]  # global prompt index of each local rollout
