@@ -25,6 +25,13 @@ Every phase comes from the loop's own ``perf/*`` metrics: the teacher's forward 
 In token mode the teacher runs before the update; in logit mode inside it, so its forwards are
 subtracted from ``perf/update_s``.
 
+Roofline: every phase's FLOPs and bytes (``step_work``: 2 FLOPs per matmul weight per position, the
+head only where logits are needed, prefix sharing's distinct contexts once per micro-batch; the
+weights read once per forward pass, the KV cache per attended position while decoding) over its
+median seconds, next to the machine's peak (``probe_peak``: a matmul and a copy probe, measured once
+after the first step; a GPU's data sheet where the device is known). A phase whose FLOP/byte is below
+the machine's balance (peak FLOP/s ÷ peak bytes/s) is bound by memory, above it by compute.
+
 CREDIT's cost floor: a negative pass costs what the teacher pass costs, so exact CREDIT with K
 negatives cannot take less than ``1 + K·t_teacher / t_step(SDPO)`` of SDPO's step; the ratio table
 prints it beside the measured ratio.
@@ -38,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import gc
 import json
@@ -193,22 +201,23 @@ def word_tokenizer(size: int):
 
 @contextlib.contextmanager
 def forced_length():
-    """Responses of exactly ``max_new_tokens``: eos is suppressed until then (``min_new_tokens``).
-    A patch of ``credit.rollout._generate_kwargs`` until SamplingConfig has such a field."""
+    """Responses of exactly ``max_new_tokens``: eos is suppressed until then (``min_new_tokens``), in
+    whichever engine samples (a patch of ``credit.rollout.Engine.sample``; the loop's config has no
+    such field)."""
     import credit.rollout as ro
 
-    original = ro._generate_kwargs
+    original = ro.Engine.sample
 
-    def kwargs(cfg, eos_ids, pad_id):
-        kw = original(cfg, eos_ids, pad_id)
-        kw.pop("min_length", None)  # min_new_tokens wins anyway; this only silences transformers' warning
-        return {**kw, "min_new_tokens": cfg.max_new_tokens}
+    def forced(self, prompts, sampling=None, *, generator=None, progress=None, **overrides):
+        cfg = dataclasses.replace(sampling or ro.SamplingConfig(), **overrides)
+        return original(self, prompts, dataclasses.replace(cfg, min_new_tokens=cfg.max_new_tokens),
+                        generator=generator, progress=progress)
 
-    ro._generate_kwargs = kwargs
+    ro.Engine.sample = forced
     try:
         yield
     finally:
-        ro._generate_kwargs = original
+        ro.Engine.sample = original
 
 
 class PeakMemory:
@@ -261,6 +270,169 @@ def phases(metrics: dict) -> dict[str, float]:
     return out
 
 
+# ----------------------------------------------------------------------------- roofline
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """What a token costs the model, for the roofline. FLOPs: 2 per matmul weight per position
+    (attention's own ``4·layers·width·context`` per position is left out: ~2% at these lengths);
+    bytes: the matmul weights, read once per forward pass, and the key/value cache, read once per
+    attended position while decoding (activations left out)."""
+
+    body_params: int
+    """Matmul weights below the head (every ``nn.Linear``, LoRA adapters included): every position."""
+    head_params: int
+    """The LM head (V × H): only positions whose logits are needed."""
+    trainable_params: int
+    """Matmul weights that get a weight gradient (the backward of the others computes only dX)."""
+    weight_bytes: int
+    """All matmul weights at the compute dtype: what one forward pass reads."""
+    kv_bytes: int
+    """Keys and values of one position over all layers, at the compute dtype."""
+
+    def forward_flops(self, body_tokens: float, head_tokens: float) -> float:
+        """``2·body·(positions run) + 2·head·(positions scored)``."""
+        return 2 * self.body_params * body_tokens + 2 * self.head_params * head_tokens
+
+
+def model_cost(model, dtype: str) -> ModelCost:
+    """``ModelCost`` of a (peft or plain) causal LM computing in ``dtype`` (the config's model.dtype)."""
+    head = model.get_output_embeddings()
+    body = trainable = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module is not head:
+            body += module.weight.numel()
+            trainable += module.weight.numel() if module.weight.requires_grad else 0
+    head_params = head.weight.numel()
+    trainable += head_params if head.weight.requires_grad else 0
+    width = torch.finfo(getattr(torch, dtype)).bits // 8
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return ModelCost(body_params=body, head_params=head_params, trainable_params=trainable,
+                     weight_bytes=(body + head_params) * width,
+                     kv_bytes=2 * config.num_hidden_layers * kv_heads * head_dim * width)
+
+
+def distinct_contexts(packed, micro_batch: int) -> tuple[int, int]:
+    """(tokens, contexts) a prefix-sharing pass runs over ``packed``'s context part: each distinct
+    context once per micro-batch of ``micro_batch`` rows."""
+    width = packed.input_ids.shape[1] - packed.response_ids.shape[1]
+    tokens = contexts = 0
+    for start in range(0, packed.input_ids.shape[0], micro_batch):
+        rows = slice(start, start + micro_batch)
+        seen = dict(zip(map(tuple, packed.input_ids[rows, :width].tolist()),
+                        packed.attention_mask[rows, :width].sum(1).tolist()))
+        tokens, contexts = tokens + sum(seen.values()), contexts + len(seen)
+    return int(tokens), contexts
+
+
+def step_work(cost: ModelCost, batch, k: int, micro_batch: int, rollout_micro_batch: int) -> dict[str, dict]:
+    """FLOPs and bytes of each phase of a step, from its ``StepBatch`` (what was scored) and the
+    micro-batch sizes. ``{phase: {"flops", "bytes"}}`` for rollout, teacher, negatives, update:
+
+    - rollout: the prompts prefilled once per micro-batch (their last token runs with the first decode
+      step), then one position per response token with its logits; bytes: the weights once for the
+      prefill and once per decode step (the longest response), the KV cache once per position per step;
+    - teacher, negatives (K passes): each distinct context once per micro-batch, then the responses,
+      the head on the response positions; the weights once per micro-batch;
+    - update: the student's forward and backward, ``(2 + trainable/all)`` forwards (the backward's dX
+      for every weight, dW for the trained ones); the weights read three times per micro-batch, and
+      AdamW's 28 bytes per trained weight (read p, g, m, v; write p, m, v; fp32)."""
+    student = batch.student
+    lengths = student.response_mask.sum(1).tolist()  # (N,) response tokens per row
+    prompts = student.attention_mask[:, :student.input_ids.shape[1] - student.response_ids.shape[1]].sum(1).tolist()
+    resp, rows = sum(lengths), len(lengths)
+    passes = -(-rows // micro_batch)
+    prompt_tokens, distinct = distinct_contexts(student, rollout_micro_batch)
+    prefill = prompt_tokens - distinct  # a prompt's last token runs with the first decode step
+    attended = sum(r * p + r * (r - 1) / 2 for r, p in zip(lengths, prompts))  # Σ over decode steps of cached positions
+    work = {"rollout": {"flops": cost.forward_flops(prefill + resp, resp),
+                        "bytes": cost.weight_bytes * (1 + max(lengths, default=0)) + cost.kv_bytes * attended}}
+
+    def scored(packed) -> dict:
+        return {"flops": cost.forward_flops(distinct_contexts(packed, micro_batch)[0] + resp, resp),
+                "bytes": cost.weight_bytes * passes}
+
+    work["teacher"] = scored(batch.teacher)
+    negs = [scored(p) for p in batch.negatives[:k]]
+    work["negatives"] = {key: sum(n[key] for n in negs) for key in ("flops", "bytes")}
+    trained = cost.trainable_params / (cost.body_params + cost.head_params)
+    fwd = cost.forward_flops(distinct_contexts(student, micro_batch)[0] + resp, resp)
+    work["update"] = {"flops": (2 + trained) * fwd, "bytes": 3 * cost.weight_bytes * passes + 28 * cost.trainable_params}
+    return work
+
+
+#: Dense peak FLOP/s (bf16; fp32 is TF32 on tensor cores, as the loop sets it) and memory bytes/s from
+#: the data sheets, by a part of the CUDA device name. Other devices: the probe's figure.
+GPU_PEAKS = {
+    "H100 PCIe": {"bfloat16": 756e12, "float32": 378e12, "bytes": 2.0e12},
+    "H100": {"bfloat16": 989e12, "float32": 495e12, "bytes": 3.35e12},  # SXM (80GB HBM3)
+    "H200": {"bfloat16": 989e12, "float32": 495e12, "bytes": 4.8e12},
+}
+
+
+def probe_peak(device: str, dtype: str) -> dict:
+    """The machine's peak, measured once: a matmul probe (the best 2n³/t over n = 256 … 2048 on CPU,
+    4096, 8192 on CUDA, best of 3) at the compute dtype, and a copy probe (2·bytes/t of a 256 MiB copy,
+    1 GiB on CUDA). On a GPU the data sheet's figure (``GPU_PEAKS``) is the peak where the device is
+    known; the probes are kept beside it. On CPU: with the threads torch uses now."""
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    tdtype = getattr(torch, dtype)
+
+    def timed(fn) -> float:
+        best = float("inf")
+        for _ in range(3):
+            if cuda:
+                torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize(dev)
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    flop_s = 0.0
+    for n in ((4096, 8192) if cuda else (256, 512, 1024, 2048)):
+        a, b = torch.randn(n, n, device=dev, dtype=tdtype), torch.randn(n, n, device=dev, dtype=tdtype)
+        a @ b  # warm-up (kernel choice, page faults)
+        flop_s = max(flop_s, 2 * n**3 / timed(lambda: a @ b))
+        del a, b
+    src = torch.empty((2**30 if cuda else 2**28) // 4, device=dev)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    byte_s = 2 * src.numel() * 4 / timed(lambda: dst.copy_(src))
+    del src, dst
+    probe = {"flop_s": flop_s, "byte_s": byte_s}
+    out = {**probe, "source": "probe", "probe": probe, "dtype": dtype,
+           "threads": None if cuda else torch.get_num_threads()}
+    if cuda:
+        name = torch.cuda.get_device_name(dev)
+        sheet = next((v for k, v in GPU_PEAKS.items() if k in name), None)
+        if sheet is not None:
+            out.update(flop_s=sheet.get(dtype, sheet["float32"]), byte_s=sheet["bytes"], source=f"data sheet ({name})")
+    return out
+
+
+def roofline(seconds: dict[str, float], work: dict[str, dict], peak: dict) -> dict[str, dict]:
+    """Per phase that ran: achieved FLOP/s and bytes/s, their fractions of the peak, and the phase's
+    arithmetic intensity (FLOP/byte) beside the machine's balance ``peak FLOP/s ÷ peak bytes/s``: a phase
+    below the balance is bound by memory, above it by compute."""
+    out = {}
+    for phase, w in work.items():
+        t = seconds.get(phase, 0.0)
+        if t <= 0 or not w["flops"]:
+            continue
+        out[phase] = {"seconds": t, "flops": w["flops"], "bytes": w["bytes"],
+                      "flop_s": w["flops"] / t, "byte_s": w["bytes"] / t,
+                      "frac_flops": w["flops"] / t / peak["flop_s"], "frac_bytes": w["bytes"] / t / peak["byte_s"],
+                      "intensity": w["flops"] / w["bytes"], "balance": peak["flop_s"] / peak["byte_s"]}
+    return out
+
+
 # ----------------------------------------------------------------------------- the benchmark
 
 
@@ -283,6 +455,7 @@ class Bench:
     threads: int | str | None = None
     methods: list[Method] = field(default_factory=list)
     warmup_len: int | None = None  # response tokens of a warm-up step (None: response_len)
+    backend: str = "generate"  # the rollout engine (credit.rollout.ENGINES)
     overrides: tuple[str, ...] = ()  # more config overrides for every method (e.g. model.lora.r=16)
 
     def __post_init__(self):
@@ -299,7 +472,7 @@ class Bench:
                     f"rollout.prompts_per_step={self.prompts}", f"rollout.samples_per_prompt={self.samples}",
                     f"rollout.max_new_tokens={response_len}", "rollout.temperature=1.0",
                     f"rollout.micro_batch={self.prompts * self.samples}", f"optim.micro_batch={self.micro_batch}",
-                    f"optim.lr={self.lr}", "teacher.kind=ema", "teacher.update_rate=0.05", "log.rollouts_every=0",
+                    f"optim.lr={self.lr}", f"rollout.backend={self.backend}", "teacher.kind=ema", "teacher.update_rate=0.05", "log.rollouts_every=0",
                     "log.tensorboard=false", "log.progress=false", *([f"device={self.device}"] if self.device else []),
                     *([f"threads={self.threads}"] if self.threads is not None else []), *self.overrides]
             return {m.label: load_config(None, [*base, *m.overrides]) for m in self.methods}
@@ -315,6 +488,7 @@ class Bench:
         self.device_type = torch.device(device).type
         self.device_name = (torch.cuda.get_device_name() if self.device_type == "cuda"
                             else f"CPU ({torch.get_num_threads()} threads, {os.cpu_count()} cores)")
+        self.peak: dict | None = None  # probe_peak's, measured once after the first step
 
     def step(self, method: Method, warmup: bool = False) -> dict:
         """One full training step of ``method`` on the fixed batch -> seconds per phase, tokens, memory.
@@ -325,13 +499,27 @@ class Bench:
         t0 = time.perf_counter()
         trainer = Trainer((self.warmup_configs if warmup else self.configs)[method.label], task=self.task)
         setup_s = time.perf_counter() - t0
+        batches, collect = [], trainer.collect
+
+        def keep_batch(step: int):  # the step's StepBatch: what each phase scored, for its FLOPs and bytes
+            got = collect(step)
+            batches.append(got[0])
+            return got
+
+        trainer.collect = keep_batch
         try:
             with forced_length(), PeakMemory(trainer.acc.device) as mem:
                 metrics, _ = trainer.run_step(0)  # step 0 every time: the same prompts, the same seeds
+            cfg = trainer.cfg
+            work = step_work(model_cost(trainer.unwrapped, cfg.model.dtype), batches[0], method.k,
+                             cfg.optim.micro_batch, cfg.rollout.micro_batch)
         finally:
-            del trainer
+            del trainer, batches, collect
             free_memory()
+        if self.peak is None:  # after a step: the threads and the kernels are the steps'
+            self.peak = probe_peak(str(torch.device(self.device or self.device_type)), self.dtype)
         out = phases(metrics)
+        out["work"] = work
         out["tokens"] = round(metrics["perf/tokens_per_s"] * metrics["perf/step_s"])
         out["peak_mem_bytes"] = mem.peak
         out["setup_s"] = setup_s
@@ -387,6 +575,7 @@ class Bench:
 
     def describe(self) -> dict:
         return {"device": self.device_name, "model": self.model, "dtype": self.dtype, "torch": torch.__version__,
+                "backend": self.backend,
                 "batch": {"prompts": self.prompts, "samples": self.samples, "prompt_words": self.prompt_len,
                           "response_len": self.response_len, "micro_batch": self.micro_batch, "top_k": self.top_k},
                 "overrides": list(self.overrides)}
@@ -415,7 +604,7 @@ def pair_ratio(credit: dict, sdpo: dict, k: int) -> dict[str, float]:
 
 def step_record(res: dict, m: Method) -> dict:
     """One step as a JSON line: seconds per phase, tokens/s, peak memory, and the Trainer's build time."""
-    return {"seconds": {p: res[p] for p in PHASES}, "tokens": res["tokens"],
+    return {"seconds": {p: res[p] for p in PHASES}, "tokens": res["tokens"], "work": res["work"],
             "tokens_per_s": tokens_per_s(res, res["tokens"], m.k), "peak_mem_gib": res["peak_mem_bytes"] / 2**30,
             "setup_s": res["setup_s"]}
 
@@ -446,10 +635,13 @@ def summarize(bench: Bench, runs: dict[str, list[dict]], repeats: int) -> dict:
         pairs = [pair_ratio(a, b, m.k) for a, b in zip(rs, runs[base])]
         ratios[f"{label}/{base}"] = {key: statistics.median(p[key] for p in pairs)
                                      for key in ("step", "learner", "floor")}
+    roof = {label: roofline(methods[label]["seconds"], rs[0]["work"], bench.peak) for label, rs in runs.items()}
     return {
         **bench.describe(), "repeats": repeats, "methods": methods, "ratios": ratios,
+        "roofline": {"peak": bench.peak, "methods": roof},
         "notes": "median over interleaved repeats; ratios are medians of per-repeat (paired) ratios; "
-                 "learner = teacher + negatives + update + teacher_update",
+                 "learner = teacher + negatives + update + teacher_update; roofline: FLOPs and bytes of each "
+                 "phase (credit.bench.step_work) over its median seconds, against the peak of probe_peak",
     }
 
 
@@ -476,6 +668,20 @@ def print_tables(result: dict) -> None:
         t.add_row(label, *(f"{m['tokens_per_s'][p]:.0f}" if p in m["tokens_per_s"] else "-"
                            for p in ("rollout", "teacher", "negatives", "update", "step")))
     console.print(t)
+    roof = result.get("roofline")
+    if roof and roof.get("peak"):
+        pk = roof["peak"]
+        t = Table(title=f"roofline: peak {pk['flop_s'] / 1e9:,.0f} GFLOP/s and {pk['byte_s'] / 1e9:,.1f} GB/s "
+                        f"({pk['source']}, {pk['dtype']}" + (f", {pk['threads']} threads" if pk.get("threads") else "")
+                        + f"); balance {pk['flop_s'] / pk['byte_s']:.1f} FLOP/byte")
+        for c in ("method", "phase", "s", "GFLOP", "GFLOP/s", "% peak FLOP/s", "GB/s", "% peak GB/s", "FLOP/byte"):
+            t.add_column(c, justify="left" if c in ("method", "phase") else "right")
+        for label, rows in roof["methods"].items():
+            for phase, r in rows.items():
+                t.add_row(label, phase, f"{r['seconds']:.2f}", f"{r['flops'] / 1e9:,.0f}", f"{r['flop_s'] / 1e9:,.1f}",
+                          f"{100 * r['frac_flops']:.1f}", f"{r['byte_s'] / 1e9:,.2f}", f"{100 * r['frac_bytes']:.1f}",
+                          f"{r['intensity']:,.0f}")
+        console.print(t)
     t = Table(title="CREDIT / SDPO (paired medians); floor = 1 + K·t_teacher / t_step(SDPO)")
     for c in ("ratio", "whole step", "floor", "step − floor", "learner (scoring + update)"):
         t.add_column(c, justify="right" if c != "ratio" else "left")
@@ -488,6 +694,8 @@ def print_tables(result: dict) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from credit.rollout import ENGINES
+
     p = sub.add_parser("bench", help="Time every phase of a step: GRPO, SDPO, CREDIT (K negatives), side by side",
                        description="Time one training step phase by phase on a fixed synthetic batch, for GRPO, "
                                    "SDPO (token, logit) and CREDIT (token, logit, K negatives); methods are "
@@ -510,6 +718,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "fewer warm the kernels for less time)")
     p.add_argument("--device", help="cpu, cuda (default: what accelerate picks)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="(default float32)")
+    p.add_argument("--backend", default="generate", choices=list(ENGINES),
+                   help="the rollout engine (credit.rollout.ENGINES; default generate)")
     p.add_argument("--threads", type=_threads, help="torch CPU threads, or auto (credit.threads; default: auto, as credit train)")
     p.add_argument("--seed", type=int, default=0, help="(default 0)")
     p.add_argument("--json", dest="json_out", help="write the result here")
@@ -550,7 +760,7 @@ def run(args) -> int:
     bench = Bench(model=args.model, prompts=args.prompts, samples=args.samples, prompt_len=args.prompt_len,
                   response_len=args.response_len, ks=ks, top_k=args.top_k, micro_batch=args.micro_batch,
                   device=args.device, dtype=args.dtype, seed=args.seed, threads=args.threads, methods=methods,
-                  warmup_len=args.warmup_len)
+                  warmup_len=args.warmup_len, backend=args.backend)
     record = functools.partial(append_jsonl, args.jsonl) if args.jsonl else None
     try:
         result = bench.run(args.repeats, args.warmup, record=record, keep_going=args.keep_going)
