@@ -96,10 +96,10 @@ def train(model_dir: str, out_dir: str, kill_at: str, *overrides: str) -> None:
                              *(o for o in overrides if o != "resume")])
     real_update = train_mod.Trainer.update
 
-    def update(self, batch, step):
+    def update(self, batch, targets, step):
         if step == int(kill_at) and self.acc.process_index == 0:
             os.kill(os.getpid(), signal.SIGKILL)  # mid-step: rollouts and teacher done, no weight update saved
-        return real_update(self, batch, step)
+        return real_update(self, batch, targets, step)
 
     train_mod.Trainer.update = update
     _, trainer = train_mod.train_run(cfg, resume=resume)
