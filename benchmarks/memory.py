@@ -1,9 +1,9 @@
 """Peak memory of the log-prob paths with a large vocabulary: chunked (ours) vs a naive full softmax.
 
 Each variant runs in a fresh child process (``python memory.py --child VARIANT ...``) that allocates its
-inputs, records its RSS (on ``--device cuda``: ``memory_allocated``), runs the variant (forward, and
-backward when ``--backward``), and reports ``ru_maxrss`` (the process's high-water mark; on CUDA
-``max_memory_allocated``). The extra memory of a variant is ``peak − memory once its inputs exist``.
+inputs, resets the kernel's RSS high-water mark and records its RSS (on ``--device cuda``:
+``memory_allocated``), runs the variant (forward, and backward when ``--backward``), and reports the
+high-water mark since (``VmHWM``; ``ru_maxrss`` where it cannot be reset; on CUDA ``max_memory_allocated``). The extra memory of a variant is ``peak − memory once its inputs exist``.
 
 From logits (T, V) predicting T response tokens (the logits, and with backward their gradient, are
 the same for every variant):
@@ -37,6 +37,27 @@ import subprocess
 import sys
 
 VARIANTS = ("token-naive", "token-chunked", "topk-naive", "topk-chunked", "hidden-naive", "hidden-fused", "hidden-topk")
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of this process's RSS (Linux: ``/proc/self/clear_refs``), so that
+    the peak measured is the variant's, not that of the inputs' construction."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes(reset: bool) -> int:
+    """VmHWM since the reset, else ``ru_maxrss`` (the whole process's peak)."""
+    if reset:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB
 
 
 def _rss_bytes() -> int:
@@ -83,8 +104,8 @@ def child(variant: str, vocab: int, tokens: int, dtype: str, backward: bool, k: 
     out, grad_bytes = None, 0
     if variant.startswith("hidden"):
         states = torch.randn(tokens, hidden, dtype=dt, device=device).requires_grad_(backward)  # (T, H)
-        weight = (torch.randn(vocab, hidden, dtype=dt, device=device) / hidden**0.5).requires_grad_(
-            backward and train_head)  # (V, H)
+        weight = torch.randn(vocab, hidden, dtype=dt, device=device).div_(hidden**0.5).requires_grad_(
+            backward and train_head)  # (V, H), scaled in place: no second (V, H) tensor, even for a moment
         advantage = torch.randn(tokens, device=device)
         inputs = [states, weight]
         grad_bytes = sum(t.numel() * t.element_size() for t in inputs if t.requires_grad)
@@ -95,6 +116,7 @@ def child(variant: str, vocab: int, tokens: int, dtype: str, backward: bool, k: 
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    reset = not cuda and _reset_peak_rss()
     base = torch.cuda.memory_allocated() if cuda else _rss_bytes()
     t0 = time.perf_counter()
     with torch.set_grad_enabled(backward):
@@ -116,7 +138,7 @@ def child(variant: str, vocab: int, tokens: int, dtype: str, backward: bool, k: 
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB
+    peak = torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes(reset)
     return {"variant": variant, "peak_gib": peak / 2**30, "base_gib": base / 2**30,
             "extra_gib": (peak - base) / 2**30, "seconds": seconds,
             "inputs_gib": sum(t.numel() * t.element_size() for t in inputs) / 2**30,
