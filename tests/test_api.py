@@ -117,3 +117,11 @@ def test_a_datasets_dataset_is_taken_as_its_rows():
     from credit.api import _rows
 
     assert _rows(Dataset.from_list(ROWS), "train_data") == ROWS
+
+
+def test_two_runs_of_different_precision_in_one_process(tiny_model_dir, tmp_path):
+    """A notebook calls fit twice: bf16, then fp32 (accelerate's global state used to refuse the second)."""
+    for dtype in ("bfloat16", "float32"):
+        run = credit.fit(None, reward=reward, train_data=ROWS, overrides=[
+            f"model.name={tiny_model_dir}", f"out_dir={tmp_path / dtype}", *BASE, f"model.dtype={dtype}"])
+        assert run.summary["eval_after"]["num_items"] > 0

@@ -22,12 +22,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 import math
+import os
 import random
 import time
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import InitProcessGroupKwargs, reduce
 
 from credit import parallel, runs
@@ -81,6 +83,10 @@ class Trainer:
         # bf16/fp16 compute under autocast over fp32 master weights: a bf16 parameter would round most
         # lr·update steps away (one bf16 AdamW step at lr 1e-6 changed 2% of the tiny model's weights)
         mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.model.dtype, "no")
+        if accelerator is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            # accelerate keeps one global state, fixed by the first Accelerator of the process: a second
+            # Trainer in one process (credit.fit in a notebook, a benchmark) may want another precision
+            AcceleratorState._reset_state()
         timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.dist_timeout_s))
         self.acc = accelerator or Accelerator(cpu=cfg.device == "cpu", mixed_precision=mixed, kwargs_handlers=[timeout])
         # FSDP2 shards only across processes; one process trains the whole model as it is
