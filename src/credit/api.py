@@ -27,7 +27,6 @@ or in the config file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -79,7 +78,7 @@ def _write_rows(path: Path, rows: list[dict], what: str, resume: bool) -> None:
     except TypeError as e:
         raise UserError(f"{what}: a row does not convert to JSON ({e})") from None
     if resume and path.is_file():
-        if hashlib.sha256(path.read_bytes()).digest() != hashlib.sha256(text.encode()).digest():
+        if path.read_text(encoding="utf-8") != text:
             raise UserError(f"--resume: {what} differs from the rows this run was trained on ({path}); pass the same "
                             "rows, or start a new run (another out_dir, or overwrite=True)")
         return
@@ -122,7 +121,7 @@ def fit(config: str | Path | dict | TrainConfig | None = None, *, reward: Callab
         path = out / "data" / "test.jsonl"
         _write_rows(path, _rows(eval_data, "eval_data"), "eval_data", bool(resume))
         options["test_path"] = str(path)
-    functions = None
+    objects = {}  # what the task is built with; config.yaml records their names
     if reward is not None:
         functions = reward if isinstance(reward, list) else [reward]
         if not functions or not all(callable(f) for f in functions):
@@ -130,11 +129,11 @@ def fit(config: str | Path | dict | TrainConfig | None = None, *, reward: Callab
                             "task.options.reward instead)")
         names = [callable_name(f) for f in functions]
         options["reward"] = names if isinstance(reward, list) else names[0]
+        objects["reward"] = reward
     recorded = cfg.model_dump(mode="json")
     recorded["task"] = {"name": "prompts", "options": options}
-    cfg = TrainConfig.model_validate(recorded)  # what config.yaml records: names and paths, no objects
-    task = build_task("prompts", **{**options, **({"reward": functions if isinstance(reward, list) else functions[0]}
-                                                  if functions else {})})
+    cfg = TrainConfig.model_validate(recorded)  # names and paths, no objects
+    task = build_task("prompts", **{**options, **objects})
     return _run(train_mod.train_run(cfg, resume, overwrite, task=task), out)
 
 
