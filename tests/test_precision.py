@@ -2,6 +2,7 @@
 outlive an optimizer step), ΔV under bf16 autocast stays near its fp32 value, every mode × teacher ×
 LoRA/full × fp32/bf16 trains a step, and fp16 is refused with a pointer to bf16."""
 
+import math
 import sys
 from pathlib import Path
 
@@ -141,3 +142,17 @@ def test_every_mode_and_teacher_trains_a_step(tiny_model_dir, tmp_path, monkeypa
     assert torch.isfinite(torch.tensor(metrics["signal/dv_mean"]))
     after = dict(trainer.unwrapped.named_parameters())
     assert any(not torch.equal(before[k], after[k]) for k in before), "no trained parameter moved"
+
+
+def test_lora_under_bf16_keeps_the_base_in_bf16_and_what_trains_in_fp32(tiny_model_dir, tmp_path, monkeypatch):
+    """As 8B models are tuned on one GPU: the frozen base in the compute dtype, the adapters (the student's
+    and the EMA teacher's) and AdamW's moments in fp32; a step trains with a finite loss."""
+    trainer = make_trainer(tiny_model_dir, tmp_path, monkeypatch, "model.dtype=bfloat16", "model.lora={r: 4}")
+    named = dict(trainer.unwrapped.named_parameters())
+    assert {p.dtype for n, p in named.items() if "lora_" not in n} == {torch.bfloat16}
+    assert {p.dtype for n, p in named.items() if "lora_" in n} == {torch.float32}
+    assert any("credit_ema" in n for n in named)  # the EMA teacher's adapter is among them
+    metrics, _ = trainer.run_step(0)
+    assert math.isfinite(metrics["loss/total"]) and metrics["loss/grad_norm"] > 0
+    moments = [v for s in trainer.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim()]
+    assert moments and {v.dtype for v in moments} == {torch.float32}

@@ -5,7 +5,8 @@ The model is built on the meta device from its config (a hub id, a folder, a ``c
 architecture of ``credit.models.ARCHITECTURES``); nothing is downloaded and no weight is allocated.
 Each component is what the loop allocates (``credit.train``):
 
-- weights: the student's parameters in fp32 (the masters; LoRA: the base too, as the loop loads it);
+- weights: the student's parameters in fp32 (the masters; LoRA: the base too, except unsharded under bf16,
+  where the loop loads the frozen base in bf16);
   gradients: fp32, for what trains; optimizer: AdamW's two moments (fp32), plus its step's temporaries;
   teacher: a full fp32 copy (ema, frozen, trust_region) or the EMA adapter under LoRA (live: none).
   ``parallel: fsdp`` divides these four by the ranks (FSDP2 shards them).
@@ -244,7 +245,9 @@ def estimate(cfg, shape: Shape, rates: tuple[float, float], gpus: int = 1, promp
     kind = cfg.teacher.kind if method_uses_teacher else "live"
     p, pt = shape.params, shape.trainable
 
-    weights = p * master / shard + (pt * master / shard if lora else 0)
+    # LoRA unsharded under bf16: the frozen base in bf16, the adapters in fp32 (as the loop loads them)
+    bf16_base = lora and dtype == "bfloat16" and not fsdp
+    weights = p * (compute if bf16_base else master) / shard + (pt * master / shard if lora else 0)
     grads = pt * master / shard
     ddp_buckets = grads if gpus > 1 and not fsdp else 0.0  # DDP's gradient buckets: another copy
     optimizer = 2 * pt * master / shard
@@ -267,7 +270,7 @@ def estimate(cfg, shape: Shape, rates: tuple[float, float], gpus: int = 1, promp
     else:
         # autocast's bf16 copy of each weight a forward uses: kept for the backward, and cached through the
         # rollout for the weights that train (a frozen base is cast op by op there)
-        casts = p * compute if mixed else 0.0
+        casts = (pt if bf16_base else p) * compute if mixed else 0.0
         cached = (pt if lora else p) * compute if mixed else 0.0
         copies_rollout, copies_teacher, copies_update = cached, cached, casts
 

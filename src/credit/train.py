@@ -100,7 +100,12 @@ class Trainer:
         if not self.train_split:
             raise ValueError(f"task '{cfg.task.name}' has no training examples")
         master = "float64" if cfg.model.dtype == "float64" else "float32"
-        model, self.tok = load_model(cfg.model.name, dtype=master, cache_dir=cfg.model.cache_dir)
+        # LoRA as 8B models are tuned on one GPU: the frozen base in the compute dtype (half the bytes, no
+        # re-cast per matmul), the adapters and their AdamW state in fp32 (peft keeps adapters fp32 over a
+        # bf16 base). Sharded, FSDP2 wants one dtype per unit: the base stays fp32 and is gathered in bf16
+        base = "bfloat16" if cfg.model.lora is not None and cfg.model.dtype == "bfloat16" and not self.sharded \
+            else master
+        model, self.tok = load_model(cfg.model.name, dtype=base, cache_dir=cfg.model.cache_dir)
         check_prompt_lengths(self.tok, model, self.task, cfg.rollout.max_new_tokens, cfg.model.chat_template_kwargs)
         if cfg.model.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
