@@ -415,8 +415,9 @@ class ContinuousEngine(Engine):
             waiting[k] -= 1
             if not waiting[k]:
                 del prefixes[k]
-            if s == len(rows):
-                rows.append(r), feed.append(sequences[r][-1])
+            if s == len(rows):  # a new slot at the end of the batch
+                rows.append(r)
+                feed.append(sequences[r][-1])
             else:
                 rows[s], feed[s] = r, sequences[r][-1]
 
@@ -438,7 +439,8 @@ class ContinuousEngine(Engine):
                     ended = []
                     for s, (token, logp) in enumerate(zip(tokens.tolist(), picked)):
                         r = rows[s]
-                        out[r].append(token), logps[r].append(logp)
+                        out[r].append(token)
+                        logps[r].append(logp)
                         feed[s] = token
                         if token in eos or len(out[r]) >= cfg.max_new_tokens:
                             ended.append(s)
@@ -448,7 +450,8 @@ class ContinuousEngine(Engine):
                     if ended:
                         progress(len(ended))
                     if len(ended) == a:  # the whole batch ended at once: the next wave starts from empty
-                        rows.clear(), feed.clear()
+                        rows.clear()
+                        feed.clear()
                         continue
                     holes = []
                     for s in ended:  # an ended row's slot goes to the next queued sequence
