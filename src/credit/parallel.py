@@ -77,7 +77,7 @@ def is_sharded(module: torch.nn.Module) -> bool:
     return bool(_units(module))
 
 
-_gathered: dict[int, int] = {}  # id(FSDP unit) -> how many ``gathered`` blocks hold it now
+_held: set[int] = set()  # id() of the FSDP units a ``gathered`` block holds now
 
 
 @contextlib.contextmanager
@@ -87,9 +87,9 @@ def gathered(*modules: torch.nn.Module) -> Iterator[None]:
     module an outer block holds does nothing. A no-op for unsharded modules."""
     # a unit that is whole already is held by a forward whose backward has not run (the student's root
     # between its forward and backward, while logit mode runs a LoRA or live teacher): leave it as it is
-    units = [u for m in modules for u in _units(m) if not _gathered.get(id(u)) and not _is_whole(u)]
+    units = [u for m in modules for u in _units(m) if id(u) not in _held and not _is_whole(u)]
     for u in units:
-        _gathered[id(u)] = 1
+        _held.add(id(u))
         u.unshard()
         u.set_reshard_after_forward(False, recurse=False)
     try:
@@ -98,7 +98,7 @@ def gathered(*modules: torch.nn.Module) -> Iterator[None]:
         for u in units:
             u.set_reshard_after_forward(getattr(u, "_credit_reshard", True), recurse=False)
             u.reshard()
-            _gathered.pop(id(u), None)
+            _held.discard(id(u))
 
 
 def _is_whole(unit) -> bool:
