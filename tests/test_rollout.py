@@ -363,3 +363,28 @@ def test_an_engine_registered_once_is_a_backend_everywhere(tiny_model_dir, tmp_p
 def test_continuous_engine_is_built_from_the_module():
     assert ENGINES["continuous"] is ContinuousEngine and ContinuousEngine.refills
     assert not any(ENGINES[name].refills for name in ("generate", "loop", "static"))
+
+
+def test_training_and_evaluation_sample_with_continuous(tiny_model_dir, tmp_path):
+    # the loop's rollout and the held-out evaluation (one call over its whole queue, a bar per sample)
+    from accelerate.state import AcceleratorState
+
+    import credit.train as train_mod
+    from credit.config import load_config
+    from credit.evaluate import evaluate
+
+    AcceleratorState._reset_state()
+    cfg = load_config(None, [f"model.name={tiny_model_dir}", f"out_dir={tmp_path}", "device=cpu", "method=credit",
+                             "rollout.prompts_per_step=2", "rollout.samples_per_prompt=3", "rollout.max_new_tokens=4",
+                             "rollout.backend=continuous", "rollout.micro_batch=4", "optim.micro_batch=6",
+                             "log.progress=false", "log.tensorboard=false"])
+    trainer = train_mod.Trainer(cfg)
+    metrics, _ = trainer.run_step(0)
+    assert metrics["rollout/samples"] == 6 and metrics["perf/rollout_tokens_per_s"] > 0
+    assert isinstance(trainer.engine, ContinuousEngine)
+    result = evaluate(trainer.unwrapped, trainer.tok, trainer.task, n=3, max_new_tokens=4, batch_size=4, seed=1,
+                      limit=5, backend="continuous", progress=True)
+    prompts = encode_prompts(trainer.tok, [e.messages for e in trainer.task.examples("test")[:5]])
+    one_call = sample(trainer.unwrapped, trainer.tok, prompts, num_samples=3, max_new_tokens=4, temperature=0.7,
+                      micro_batch_size=4, seed=1, backend="continuous")
+    assert result["num_items"] == 5 and result["response_len_mean"] == sum(map(len, one_call.response_ids)) / 15
