@@ -523,7 +523,7 @@ class Bench:
             work = step_work(model_cost(trainer.unwrapped, cfg.model.dtype), batches[0], method.k,
                              cfg.optim.micro_batch, cfg.rollout.micro_batch)
         finally:
-            del trainer
+            del trainer, collect  # the bound ``collect`` holds the Trainer too
             batches.clear()
             free_memory()
         if self.peak is None:  # after a step: the threads and the kernels are the steps'
