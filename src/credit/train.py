@@ -141,6 +141,7 @@ class Trainer:
         # DDP through accelerate; a sharded model is ours (FSDP2 reduce-scatters its own gradients)
         self.model, self.optimizer = (model, optimizer) if self.sharded else self.acc.prepare(model, optimizer)
         self.scorer = TeacherScorer(self.teacher, self.unwrapped, cfg.rollout.temperature, cfg.optim.micro_batch)
+        self.engine = build_engine(cfg.rollout.backend, self.unwrapped, self.tok)  # credit.rollout.ENGINES
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.pad_id = self.tok.pad_token_id
         self.start_step = self.skipped_steps = 0
@@ -178,8 +179,6 @@ class Trainer:
             micro_batch_size=cfg.rollout.micro_batch, backend=cfg.rollout.backend)
         chat = cfg.model.chat_template_kwargs
         prompt_ids = encode_prompts(self.tok, [examples[i].messages for i in local], chat_template_kwargs=chat)
-        if not hasattr(self, "engine"):  # the rollout engine (credit.rollout.ENGINES), built at the first rollout
-            self.engine = build_engine(cfg.rollout.backend, self.unwrapped, self.tok)
         with parallel.gathered(self.model):  # sharded: whole weights once, then no collective per token
             self.engine.load_weights(self.unwrapped)  # what the last optimizer step (or a resume) wrote
             rollouts = sample(self.engine, self.tok, prompt_ids, sampling,
