@@ -6,7 +6,7 @@
 #            peak memory, and each CREDIT/SDPO ratio against its floor                  -> steps.jsonl
 #   b (110)  the same step on Qwen3-8B's architecture with LoRA (Qwen3-4B if 8B does not run):
 #            whether it runs, peak memory, or the error                                 -> lora.jsonl
-#   c (60)   rollout backends generate / loop / static, 64 x 512 forced tokens          -> backends.jsonl
+#   c (60)   rollout engines generate / continuous / loop / static, 64 x 512 forced tokens -> backends.jsonl
 #   d (40)   benchmarks/memory.py at V=151,936, 4,096 tokens, bf16, with backward     -> memory.jsonl
 #   e (10)   the TRL peer (benchmarks/trl_peer.py), only where trl and datasets import -> trl_peer.jsonl
 # A part may use what the parts before it left of their budgets (each part's limit is its deadline).

@@ -1,6 +1,6 @@
 """Part b of ``benchmarks/gpu.sh``: does the training step run on a large model with LoRA, and its peak memory.
 
-The step of ``credit bench`` (``credit.bench.Bench``: rollout, teacher, negatives, update, EMA on a fixed
+The step of ``credit bench`` (``credit.analysis.bench.Bench``: rollout, teacher, negatives, update, EMA on a fixed
 synthetic batch) with LoRA adapters, on the architectures of ``--models`` in turn, largest first,
 with random bf16 weights. A model whose step runs ends the list: it is the largest that fits. A step
 that fails — out of memory or anything else — is a record too: its error, one line. Each step (and a
@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from credit.bench import Bench, append_jsonl, error_line, free_memory, methods_for
+from credit.analysis.bench import Bench, append_jsonl, error_line, free_memory, methods_for
 
 
 def main(argv=None) -> int:

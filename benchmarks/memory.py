@@ -177,7 +177,7 @@ def main(argv=None) -> int:
     res = {"device": args.device, "vocab": args.vocab, "tokens": args.tokens, "dtype": args.dtype, "backward": args.backward,
            "top_k": args.top_k, "hidden": args.hidden, "train_head": args.train_head, "rows": rows}
     if args.json_out:
-        from credit.viz import write_json
+        from credit.analysis.viz import write_json
 
         write_json(args.json_out, res)
     return 0

@@ -20,9 +20,9 @@ to measure on a CPU:
 
 Roofline columns: the useful work of a call — each distinct prompt prefilled once per micro-batch (its
 last token with the first decode step), one position with logits per response token — in FLOPs
-(``credit.bench.ModelCost``: 2 per matmul weight per position, the head only where logits are needed),
+(``credit.analysis.bench.ModelCost``: 2 per matmul weight per position, the head only where logits are needed),
 over the call's seconds, against the matmul probe's peak at the dtype the matmuls run in
-(``credit.bench.probe_peak``, measured once before the first setting). ``generate`` decodes ended rows
+(``credit.analysis.bench.probe_peak``, measured once before the first setting). ``generate`` decodes ended rows
 too; that work is not counted, so its fraction says how far it is from decoding only what it keeps.
 
 Responses end on their own only with a trained model (SmolLM2, the default); with random weights
@@ -49,7 +49,7 @@ import time
 
 import torch
 
-from credit.bench import append_jsonl, best_peak, model_cost, prepare_model, probe_peak
+from credit.analysis.bench import append_jsonl, best_peak, model_cost, prepare_model, probe_peak
 from credit.models import load_model
 from credit.rollout import ENGINES, SamplingConfig, encode_prompts, sample
 from credit.tasks import build_task

@@ -1,6 +1,6 @@
 """Our SDPO (and CREDIT K=1) step vs TRL's ``trl.experimental.sdpo.SDPOTrainer``, in one process.
 
-Matched settings: the same model folder, the same B synthetic prompts (``credit.bench.SyntheticTask``,
+Matched settings: the same model folder, the same B synthetic prompts (``credit.analysis.bench.SyntheticTask``,
 chat template applied by both), G rollouts each, responses forced to exactly L tokens on both sides
 (eos suppressed with ``min_new_tokens``), T = 1, top-k/top-p off, one optimizer step per rollout batch
 (TRL: per_device_train_batch_size = B·G, gradient_accumulation_steps = 1; ours: one mini-batch),
@@ -31,7 +31,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from credit.bench import Bench, append_jsonl, methods_for  # noqa: E402
+from credit.analysis.bench import Bench, append_jsonl, methods_for  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
         print(f"{label}: {r['median_step_s']:.2f} s/step vs TRL SDPO {trl_med:.2f} s/step -> "
               f"throughput ratio {r['throughput_vs_trl']:.2f}")
     if args.json_out:
-        from credit.viz import write_json
+        from credit.analysis.viz import write_json
 
         write_json(args.json_out, res)
     return 0

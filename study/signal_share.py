@@ -2,7 +2,7 @@
 
 Over the rollouts a run logged (``rollouts.jsonl``: response ids, the teacher context it was scored
 under, the demo/feedback, the negative prompts), each response token is put in a class by what it
-depends on, and ΔV_t and S_t are recomputed with ``credit.explain.explain`` (a *live* teacher: the
+depends on, and ΔV_t and S_t are recomputed with ``credit.analysis.explain.explain`` (a *live* teacher: the
 given model scores student, teacher and negative contexts; the training-time teacher was an EMA of
 it, so this reads the signal's shape, not the exact training values).
 
@@ -66,7 +66,7 @@ def analyse(records: list[dict], model, tokenizer, negatives_pool: list[list[dic
             op: str = "+", whole: list[tuple[list[dict], list[int]]] | None = None) -> dict:
     """``whole``: other problems' whole teacher contexts to draw one negative from (``whole_contexts``,
     ``swap="context"``); None: each negative keeps this rollout's z (``swap="input"``, as trained)."""
-    from credit.explain import explain
+    from credit.analysis.explain import explain
 
     rng = random.Random(seed)
     mass = {name: defaultdict(float) for name in ("dv", "s")}

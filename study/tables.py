@@ -17,8 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from credit.stats import mean_std
-from credit.sweep import comparison_line
+from credit.analysis.stats import mean_std
+from credit.analysis.sweep import comparison_line
 
 
 def fmt(x: float | None, digits: int = 3) -> str:

@@ -40,11 +40,11 @@ LORA = "model.lora={r: 4, alpha: 8, target_modules: [q_proj, v_proj]}"
 VARIANTS = {
     "grpo": ["method=grpo", FEEDBACK],
     "sdpo": ["method=sdpo", FEEDBACK],
-    "credit-token": [FEEDBACK],
+    "credit-token": [FEEDBACK, "log.kl_every=1"],  # KL to the initial weights: a sharded frozen copy
     "credit-logits": ["credit.mode=logits", "credit.top_k=20", FEEDBACK],
     "credit-sequence": ["credit.mode=sequence", FEEDBACK],
     "credit-lora-logits": ["credit.mode=logits", "credit.top_k=20", LORA, FEEDBACK],
-    "credit-lora-token": [LORA, FEEDBACK],
+    "credit-lora-token": [LORA, FEEDBACK, "log.kl_every=1"],  # ... and the base with the adapters off
     "credit-one-rank-signals": ["teacher.kind=live", "teacher.include_feedback=false"],
 }
 

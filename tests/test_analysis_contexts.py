@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 import credit.rollout as ro
-from credit import pmi
+from credit.analysis import pmi
 from credit.cli import main
 from credit.rollout import encode_prompts
 from credit.tasks import build_task

@@ -7,9 +7,9 @@ import json
 import pytest
 import yaml
 
-from credit import explain as ex
-from credit import pmi
-from credit import report as rp
+from credit.analysis import explain as ex
+from credit.analysis import pmi
+from credit.analysis import report as rp
 
 
 def make_run(path, config, evals=(0, 6), steps=6):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import statistics
 
-from credit.bench import PHASES
+from credit.analysis.bench import PHASES
 from credit.cli import main
 
 
@@ -36,10 +36,10 @@ def test_bench_reports_every_phase_and_ratio(tmp_path, tiny_tokenizer):
 
 
 def test_the_synthetic_task_is_not_a_user_task():
-    import credit.bench  # noqa: F401  (importing the bench must not register anything)
+    import credit.analysis.bench  # noqa: F401  (importing the bench must not register anything)
     from credit.tasks import TASKS
 
-    assert "bench-synthetic" not in TASKS and not any("credit.bench" in path for path in TASKS.values())
+    assert "bench-synthetic" not in TASKS and not any("credit.analysis.bench" in path for path in TASKS.values())
 
 
 def test_bench_rejects_zero_repeats(capsys):

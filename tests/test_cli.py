@@ -122,7 +122,7 @@ def test_version(capsys):
 def test_model_argument_takes_a_run_directory_or_a_checkpoint(run_dir, tmp_path, tiny_model_dir, capsys):
     import argparse
 
-    from credit.runfiles import load_model_from_args, model_source
+    from credit.analysis.runfiles import load_model_from_args, model_source
 
     assert model_source(str(run_dir)) == ("model", str(run_dir / "final"))
     partial = tmp_path / "in-progress"  # a run without final/ yet: its checkpoint
@@ -154,3 +154,21 @@ def test_resume_takes_an_optional_path_without_swallowing_the_config(run_dir, ti
     assert main(["train", "--resume", str(config), *(f"{k}={v}" for k, v in overrides.items())]) == 2
     line = error_line(capsys, "train")
     assert f"the run in {run_dir} is complete at step 1" in line and "steps=2" in line
+
+
+def test_overrides_may_follow_a_flag(monkeypatch, capsys):
+    """`credit train CONFIG --overwrite steps=2`, as users type it: the overrides after the flag are overrides
+    (argparse alone refuses them); anything else after the flags is still an error."""
+    import credit.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "_train", lambda args: seen.update(vars(args)) or 0)
+    assert main(["train", "c.yaml", "seed=3", "--overwrite", "steps=2", "log.progress=false"]) == 0
+    assert seen["config"] == "c.yaml" and seen["overwrite"]
+    assert seen["overrides"] == ["seed=3", "steps=2", "log.progress=false"]
+    for extra in (["--bogus"], ["steps=2", "stray"]):
+        with pytest.raises(SystemExit):
+            main(["train", "c.yaml", "--overwrite", *extra])
+        assert "unrecognized arguments" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # other commands take no overrides
+        main(["eval", "--model", "m", "steps=2"])

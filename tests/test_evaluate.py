@@ -9,6 +9,7 @@ from math import comb
 import pytest
 
 from credit import evaluate as ev
+from credit.analysis import eval_cli
 from credit.tasks import build_task
 from credit.tasks.base import BaseTask, Example, Outcome
 
@@ -125,7 +126,7 @@ def test_cli_eval(tiny_model_and_tokenizer, tmp_path, capsys):
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     parser = argparse.ArgumentParser()
-    ev.add_parser(parser.add_subparsers())
+    eval_cli.add_parser(parser.add_subparsers())
     args = parser.parse_args(["eval", "--model", str(tmp_path / "m"), "--task", "addition", "--limit", "2",
                               "-n", "2", "--max-new-tokens", "4", "--json", str(tmp_path / "e.json")])
     assert args.func(args) == 0, capsys.readouterr().err
@@ -159,7 +160,7 @@ def test_cli_eval_passes_chat_template_kwargs(tiny_model_and_tokenizer, tmp_path
 
     monkeypatch.setattr(ro, "encode_prompts", spy)
     parser = argparse.ArgumentParser()
-    ev.add_parser(parser.add_subparsers())
+    eval_cli.add_parser(parser.add_subparsers())
     args = parser.parse_args(["eval", "--model", str(tmp_path / "m"), "--limit", "1", "-n", "1", "--max-new-tokens", "2",
                               "--backend", "loop", "--chat-template-kwargs", "{enable_thinking: false}"])
     assert args.func(args) == 0, capsys.readouterr().err

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from credit import explain as ex
+from credit.analysis import explain as ex
 from credit.signal import delta_v, generic_part, naive_token_logprobs, specific_part
 from credit.teacher.contexts import Privileged, render_context
 

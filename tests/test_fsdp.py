@@ -76,16 +76,19 @@ def test_sharded_training_equals_one_process(tiny_model_dir, tmp_module, nproc):
             assert m2["loss/grad_norm"] == pytest.approx(m1["loss/grad_norm"], rel=1e-9, abs=1e-15), name
             assert m2["loss/total"] == pytest.approx(m1["loss/total"], rel=1e-9, abs=1e-15), name
             # every metric is the whole batch's, not rank 0's: per-rollout ones exactly (each rank holds as many
-            # rollouts); signal/* and policy/* means over tokens are the mean of the ranks' means (not compared);
-            # perf/*: timings
+            # rollouts), and policy/* (entropy, KL to the initial weights) as sums over every rank's tokens;
+            # signal/* means over tokens are the mean of the ranks' means (not compared); perf/*: timings
             assert m2.keys() == m1.keys(), name
-            exact = {k: v for k, v in m1.items() if not k.startswith(("perf/", "signal/", "policy/"))}
+            exact = {k: v for k, v in m1.items() if not k.startswith(("perf/", "signal/"))}
             assert {k: m2[k] for k in exact} == pytest.approx(exact, rel=1e-9, abs=1e-12), name
         assert ref["params"].keys() == res["params"].keys(), name
         for k, v in ref["params"].items():  # LoRA: the EMA teacher's adapter too
             torch.testing.assert_close(res["params"][k], v, atol=1e-11, rtol=0, msg=lambda m: f"{name}: {k}: {m}")
     # the batches were not trivial: every method moved the weights at every step
     assert all(m["loss/grad_norm"] > 0 for r in one["results"].values() for m in r["metrics"])
+    for name in ("credit-token", "credit-lora-token"):  # the KL is 0 before any step, positive after
+        kl = [m["policy/kl_initial"] for m in one["results"][name]["metrics"]]
+        assert abs(kl[0]) < 1e-12 and min(kl[1:]) > 1e-8, (name, kl)
     signals = [m["teacher/no_signal_fraction"] for m in one["results"]["credit-one-rank-signals"]["metrics"]]
     assert all(0 < s < 1 for s in signals), signals
 

@@ -35,7 +35,7 @@ def _records(path: Path) -> list[dict]:
 
 def test_the_bench_path_imports_no_plotting_logging_or_task_packages():
     # what a bare GPU machine lacks: the CLI (every verb's parser), the loop and the bench load without them
-    code = ("import sys; from credit.cli import build_parser; build_parser(); import credit.train, credit.bench; "
+    code = ("import sys; from credit.cli import build_parser; build_parser(); import credit.train, credit.analysis.bench; "
             "print(','.join(m for m in ('matplotlib', 'tensorboard', 'torch.utils.tensorboard', 'rich', "
             "'reasoning_gym', 'datasets', 'pyarrow', 'gguf', 'pandas', 'wandb', 'trl') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -44,7 +44,7 @@ def test_the_bench_path_imports_no_plotting_logging_or_task_packages():
 
 def test_a_bench_step_frees_its_trainer(tiny_tokenizer, monkeypatch):
     import credit.train
-    from credit.bench import Bench, methods_for
+    from credit.analysis.bench import Bench, methods_for
 
     made = []
     init = credit.train.Trainer.__init__

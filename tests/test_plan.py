@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from credit import plan
+from credit.analysis import plan
 from credit.cli import main as cli_main
 from credit.config import load_config
 

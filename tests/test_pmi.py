@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from credit import pmi
+from credit.analysis import pmi
 from credit.rollout import encode_prompts
 from credit.tasks import build_task
 from credit.teacher.contexts import Privileged, render_context

@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from credit import report as rp
+from credit.analysis import report as rp
 
 
 def make_run(path, method, seed, steps=6, reward=None):

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from credit.bench import ModelCost, model_cost, probe_peak, roofline, step_work
+from credit.analysis.bench import ModelCost, model_cost, probe_peak, roofline, step_work
 from credit.cli import main
 from credit.scoring import pack
 

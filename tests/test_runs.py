@@ -274,7 +274,7 @@ def test_best_checkpoint_follows_held_out_accuracy(tiny_model_dir, tmp_path, mon
 @pytest.mark.parametrize("merge", [True, False])
 def test_lora_final_is_merged_when_asked(tiny_model_dir, tmp_path, merge):
     from credit.models import load_model
-    from credit.runfiles import load_checkpoint_model
+    from credit.analysis.runfiles import load_checkpoint_model
 
     out = tmp_path / "run"
     assert main(train_args(tiny_model_dir, out, "steps=1", "optim.lr=0.05", "model.lora={r: 2}",

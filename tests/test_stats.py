@@ -1,11 +1,11 @@
-"""credit.stats: the paired bootstrap on hand-checkable tables, the verdict, mean ± std, item alignment."""
+"""credit.analysis.stats: the paired bootstrap on hand-checkable tables, the verdict, mean ± std, item alignment."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from credit.stats import Interval, aligned_item_scores, mean_std, paired_bootstrap, verdict
+from credit.analysis.stats import Interval, aligned_item_scores, mean_std, paired_bootstrap, verdict
 
 # per-item mean@4 scores of three seeds × 6 items (multiples of 1/4, as mean@4 is)
 BASE = {0: [0.0, 0.25, 0.5, 1.0, 0.75, 0.25], 1: [0.5, 0.5, 0.0, 0.25, 1.0, 0.75], 2: [1.0, 0.0, 0.25, 0.5, 0.5, 0.0]}

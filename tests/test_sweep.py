@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from credit import sweep
+from credit.analysis import sweep
 from credit.cli import main as cli_main
 from credit.errors import UserError
 

@@ -66,7 +66,7 @@ def test_bad_config_fails_before_any_model_loads(overrides, message, capsys):
 
 def test_override_values_yaml_cannot_read_are_text():
     # "*" is a YAML alias marker: as a value it is the text "*" (was a bare YAML traceback)
-    from credit.runfiles import parse_task_options
+    from credit.analysis.runfiles import parse_task_options
 
     assert load_config(None, ["task.options.op=*", "task.options.n_test=5"]).task.options == {"op": "*", "n_test": 5}
     assert parse_task_options(["op=*", "scorer=lenient", "low=[1"]) == {"op": "*", "scorer": "lenient", "low": "[1"}
@@ -244,6 +244,71 @@ def test_credit_step_at_half_lambda_has_the_hand_derived_loss_and_gradient(tiny_
     # λ matters: the gradient at λ = 0.5 is not SDPO's
     diff = max((grads[0.5][n] - grads[0.0][n]).abs().max() for n in grads[0.5])
     assert diff > 1e-2 * max(g.abs().max() for g in grads[0.5].values())
+
+
+def test_the_engines_log_probs_stand_in_for_the_old_log_prob_pass_on_policy(tiny_dir, tmp_path, monkeypatch):
+    """An engine that returns the sampled tokens' log-probs (continuous) saves collect()'s ℓS forward on-policy
+    (a score that holds ℓS: sequence mode), and what the targets use is what that forward computes (float64:
+    decoding with a KV cache and one forward over the whole sequence agree far below the tolerance).
+    Off-policy, or with an engine that returns none, the forward runs."""
+    forwards = []
+    real = train_mod.response_logprobs
+    monkeypatch.setattr(train_mod, "response_logprobs", lambda *a, **k: forwards.append(1) or real(*a, **k))
+    common = ["method=credit", "credit.mode=sequence", "model.dtype=float64", "rollout.max_new_tokens=8"]
+    trainer = make_trainer(tiny_dir, tmp_path, *common, "rollout.backend=continuous")
+    batch, targets, _, _ = trainer.collect(0)
+    assert not forwards and batch.student.response_mask.sum() > 0
+    expected = real(trainer.unwrapped, batch.student, 1.0)
+    assert batch.old_logp.dtype == torch.float64
+    torch.testing.assert_close(batch.old_logp, expected, rtol=0, atol=1e-9)
+    trainer.update(batch, targets, 0)  # and the step runs on them
+    for extra in (["rollout.backend=continuous", "optim.epochs=2"], ["rollout.backend=generate"]):
+        make_trainer(tiny_dir, tmp_path / extra[-1], *common, *extra).collect(0)
+        assert len(forwards) == 1, extra
+        forwards.clear()
+
+
+@pytest.mark.parametrize("kind, extra", [("frozen", []), ("ema", []), ("ema", ["model.lora={r: 4}"])])
+def test_kl_to_the_initial_model_is_zero_before_training_and_k3_after(tiny_dir, tmp_path, kind, extra):
+    """policy/kl_initial: KL(π_θ ‖ π_init) on the sampled tokens by the k3 estimator, against π_init computed
+    here from a copy of the initial weights (float64). A frozen teacher is π_init itself, LoRA's is the base
+    with the adapters off; only full fine-tuning with another teacher keeps a copy of its own."""
+    import copy
+
+    from credit.scoring import response_logprobs
+
+    trainer = make_trainer(tiny_dir, tmp_path, "method=credit", f"teacher.kind={kind}", "model.dtype=float64",
+                           "log.kl_every=1", *extra)
+    lora = bool(extra)
+    assert (trainer.initial is trainer.teacher) == (kind == "frozen")
+    copies = {id(t.ref) for t in (trainer.teacher, trainer.initial) if hasattr(t, "ref")}  # full weight copies
+    assert len(copies) == {("frozen", False): 1, ("ema", False): 2, ("ema", True): 0}[kind, lora]
+    model = trainer.unwrapped
+    initial = copy.deepcopy(model)
+    for step in range(3):
+        batch, targets, _, _ = trainer.collect(step)
+        mask = batch.student.response_mask
+        with torch.no_grad():
+            if lora:
+                with initial.disable_adapter():
+                    expected_initial = response_logprobs(initial, batch.student, 1.0)
+            else:
+                expected_initial = response_logprobs(initial, batch.student, 1.0)
+            policy = response_logprobs(model, batch.student, 1.0)
+        torch.testing.assert_close(batch.initial_logp, expected_initial, rtol=0, atol=1e-10)
+        log_r = expected_initial - policy
+        k3 = float(((log_r.exp() - 1 - log_r) * mask).sum() / mask.sum())
+        kl = trainer.update(batch, targets, step)["policy/kl_initial"]
+        if step == 0:
+            assert abs(kl) < 1e-12  # nothing has moved yet
+        else:
+            assert kl > 1e-8 and kl == pytest.approx(k3, rel=1e-6)
+
+
+def test_kl_to_the_initial_model_is_computed_every_n_steps_only(tiny_dir, tmp_path):
+    trainer = make_trainer(tiny_dir, tmp_path, "method=grpo", "log.kl_every=2")
+    assert [trainer.collect(step)[0].initial_logp is not None for step in range(3)] == [True, False, True]
+    assert make_trainer(tiny_dir, tmp_path / "off", "method=grpo").initial is None  # default: no copy, no pass
 
 
 def test_credit_with_lambda_zero_is_sdpo(tiny_dir, tmp_path, monkeypatch):

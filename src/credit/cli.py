@@ -15,8 +15,8 @@ from credit.errors import SetupError, one_line
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # subcommands that live in their own modules; each has add_parser(subparsers) and run(args)
-SUBCOMMAND_MODULES = ["credit.evaluate", "credit.explain", "credit.pmi", "credit.report", "credit.bench",
-                      "credit.sweep", "credit.plan"]
+SUBCOMMAND_MODULES = [f"credit.analysis.{verb}"
+                      for verb in ("eval_cli", "explain", "pmi", "report", "bench", "sweep", "plan")]
 
 
 def _train(args) -> int:
@@ -86,7 +86,12 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     # The Hub is used when reachable; offline only when the user or the environment sets HF_HUB_OFFLINE
     # (models.load_model then says which model is missing from the cache).
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra  # `credit train CONFIG --overwrite key=value`: overrides after a flag
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from credit.runs import Interrupted
 
     try:

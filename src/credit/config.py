@@ -63,7 +63,8 @@ class RolloutConfig(_Section):
         "generate", description="The rollout engine (credit.rollout.ENGINES): generate: transformers generate; loop: a "
         "decode loop that drops ended rows (faster when decoding is compute-bound, e.g. CPU); static: generate with a "
         "static cache (compiled on CUDA); continuous: continuous batching over a slot KV cache (an ended response's "
-        "slot goes to the next queued sample; returns the tokens' log-probs). All sample the same distribution.")
+        "slot goes to the next queued sample; returns the tokens' log-probs, which on-policy stand in for the ℓS "
+        "pass that sequence mode's score needs). All sample the same distribution.")
 
     @field_validator("backend")
     @classmethod
@@ -148,6 +149,10 @@ class LogConfig(_Section):
     rollouts_every: int = Field(1, ge=0, description="Write sampled rollouts with their teacher contexts every N steps (0: never).")
     rollouts_per_step: int = Field(4, ge=0, description="How many rollouts to write per logged step.")
     progress: bool = Field(True, description="Show a progress bar.")
+    kl_every: int = Field(
+        0, ge=0, description="Every N steps, log policy/kl_initial: KL(π_θ ‖ π_init) on the step's sampled tokens "
+        "(k3 estimator, at the sampling temperature), one more forward pass that step. π_init: under LoRA the base "
+        "(adapters off); else a frozen teacher's copy, or one more copy of the weights (0: never).")
 
 
 class TrainConfig(_Section):

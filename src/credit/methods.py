@@ -50,6 +50,7 @@ class StepBatch:
     group_size: int  # G: rollouts of one prompt are contiguous rows
     dtype: torch.dtype = torch.float32  # of every log-prob (float64 for a float64 model)
     old_logp: torch.Tensor | None = None  # (N, R) ℓold: off-policy updates, or a score that needs ℓS
+    initial_logp: torch.Tensor | None = None  # (N, R) log π_init(y_t): the KL metric's (log.kl_every)
 
     @property
     def distill_mask(self) -> torch.Tensor:
@@ -111,12 +112,14 @@ class Seen:
     student_logp: torch.Tensor  # (N, R)
     teacher_logp: torch.Tensor | None = None  # (N, R)
     generic_logp: torch.Tensor | None = None  # (N, R)
+    scored: bool = False  # whether any row was (a batch without an advantage anywhere runs no forward)
 
     @classmethod
     def empty(cls, b: StepBatch) -> Seen:
         return cls(torch.zeros_like(b.student.response_mask, dtype=b.dtype))
 
     def record(self, rows: torch.Tensor, logp: torch.Tensor, out: LossOut) -> None:
+        self.scored = True
         self.student_logp[rows] = logp.detach().to(self.student_logp.dtype)
         for name in ("teacher_logp", "generic_logp"):
             value = getattr(out, name)

@@ -432,9 +432,9 @@ class ContinuousEngine(Engine):
                 while rows:
                     a = len(rows)
                     counts = torch.tensor([len(out[r]) for r in rows], device=device)  # (a,) tokens so far
-                    logits = kv.step(model, torch.tensor(feed, device=device), mask_kind)  # (a, V) fp32
-                    lp = _token_logprob(logits, cfg)
-                    tokens = _next_tokens(logits, cfg, counts, eos_ids)  # (a,)
+                    logits = kv.step(model, torch.tensor(feed, device=device), mask_kind)  # (a, V)
+                    lp = _token_logprob(logits, cfg)  # as the learner scores them (fp64 from a fp64 model)
+                    tokens = _next_tokens(logits.float(), cfg, counts, eos_ids)  # (a,) drawn as generate draws
                     picked = lp.gather(1, tokens[:, None]).squeeze(1).tolist()  # log-probs of the draws
                     ended = []
                     for s, (token, logp) in enumerate(zip(tokens.tolist(), picked)):
@@ -767,10 +767,11 @@ class _SlotCache:
                 else next(model.parameters()).dtype
             mask = torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill(~mask, torch.finfo(dtype).min)
         return model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True, logits_to_keep=1,
-                     **{_cache_kwarg(): self}).logits[:, -1, :].float()
+                     **{_cache_kwarg(): self}).logits[:, -1, :]
 
     def step(self, model, tokens, kind: str):
-        """One decode step: ``tokens`` (a,) fed to the first a slots at their positions -> fp32 logits (a, V)."""
+        """One decode step: ``tokens`` (a,) fed to the first a slots at their positions -> logits (a, V), fp32
+        (fp64 from a fp64 model)."""
         import torch
 
         a = tokens.shape[0]
@@ -780,7 +781,7 @@ class _SlotCache:
         mask = torch.arange(self._width, device=self.device)[None, :] <= pos[:, None]  # (a, W) its own past
         logits = self._forward(model, tokens[:, None], pos[:, None], mask[:, None, None, :], kind)
         self.pos[:a] += 1
-        return logits
+        return logits if logits.dtype == torch.float64 else logits.float()
 
     def prefill(self, model, prompts: dict, kind: str) -> dict:
         """The KV of each prompt (key -> ids, right-padded into one batch): key -> (length, [(k, v) per layer]),

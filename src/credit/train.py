@@ -41,7 +41,7 @@ from credit.logging import rollout_records
 from credit.methods import Micro, Seen, StepBatch, Targets, build_method
 from credit.models import load_model
 from credit.rollout import SamplingConfig, build_engine, check_prompt_lengths, encode_prompts, sample
-from credit.scoring import pack, response_hidden, response_logprobs
+from credit.scoring import pack, padded, response_hidden, response_logprobs
 from credit.signal import head_token_logprobs
 from credit.tasks import Example, build_task
 from credit.teacher import build_negative_contexts, build_teacher_contexts, problem_keys, sample_negative_groups
@@ -126,6 +126,11 @@ class Trainer:
         # before the student is sharded: a full teacher copy is made from its whole weights and sharded
         # alike; a LoRA EMA teacher adds its adapter to the student
         self.teacher = build_teacher(teacher_kind, cfg.teacher.update_rate, model, self.share_prefix, shard)
+        # π_init for the KL metric (log.kl_every): a frozen teacher is it; else the base under LoRA, or a copy
+        self.initial = None
+        if cfg.log.kl_every:
+            self.initial = self.teacher if self.teacher.kind == "frozen" else \
+                build_teacher("frozen", 0.0, model, self.share_prefix, shard)
         if self.sharded:
             model = shard(model)
         # the update's forwards share prompt prefixes only unsharded: sharing runs two forwards of the model
@@ -234,21 +239,32 @@ class Trainer:
         # 5. the method's targets: teacher log-probs, G, advantages (no grad)
         t3 = time.perf_counter()
         old_logp = None
-        if self.off_policy or self.method.needs_student_logp:
+        dtype = torch.float64 if cfg.model.dtype == "float64" else torch.float32
+        if self.method.needs_student_logp and not self.off_policy and rollouts.logprobs is not None:
+            # ℓS as the engine drew the tokens (continuous): the score's baseline without a forward pass.
+            # Off-policy, ℓold is the learner's own forward instead, so the first epoch's ratio is exactly 1.
+            old_logp = padded(rollouts.logprobs, r_len, dtype).to(device)
+        elif self.off_policy or self.method.needs_student_logp:
             with torch.no_grad(), parallel.gathered(self.model):
                 old_logp = response_logprobs(self.unwrapped, student, cfg.rollout.temperature, cfg.optim.micro_batch,
                                              share_prefix=self.share_prefix)
+        initial_logp = None
+        if self.initial is not None and step % cfg.log.kl_every == 0:
+            with torch.no_grad(), self.initial.modules(self.unwrapped) as [(initial, _)]:
+                initial_logp = response_logprobs(initial, student, cfg.rollout.temperature, cfg.optim.micro_batch,
+                                                 share_prefix=self.share_prefix)
         batch = StepBatch(
             student=student,
             teacher=pack(contexts.context_ids, responses, self.pad_id, r_len).to(device),
             negatives=[pack([n[j] if n else c_ for n, c_ in zip(negative_contexts, contexts.context_ids)],
                             responses, self.pad_id, r_len).to(device) for j in range(k)],
-            rewards=rewards.to(device, torch.float64 if cfg.model.dtype == "float64" else torch.float32),
+            rewards=rewards.to(device, dtype),
             has_signal=torch.tensor(contexts.has_signal, dtype=torch.float32, device=device),
             has_contrast=torch.tensor([len(n) == k > 0 for n in negative_contexts], dtype=torch.float32, device=device),
             group_size=cfg.rollout.samples_per_prompt,
-            dtype=torch.float64 if cfg.model.dtype == "float64" else torch.float32,
+            dtype=dtype,
             old_logp=old_logp,
+            initial_logp=initial_logp,
         )
         # the teacher's weights gathered once for all its passes: a rank needs as many forwards as its own
         # rows with a signal (maybe none), and no forward inside the block is a collective
@@ -320,11 +336,25 @@ class Trainer:
         if finite_steps:
             self.teacher.update(self.unwrapped)
         t_teacher = time.perf_counter() - t_teacher
+        # the sampling policy's ℓ of its tokens: ℓold off-policy, else what the update's forward saw (none when
+        # no row carried an advantage anywhere: then the policy/* metrics are not logged)
+        sampled = batch.old_logp if self.off_policy else seen.student_logp if seen.scored else None
+        mask = batch.student.response_mask
+        policy = torch.zeros(2, dtype=torch.float64)  # Σ −ℓ and Σ k3 over this process's sampled tokens
+        if sampled is not None:
+            policy[0] = -(sampled.double() * mask).sum()
+            if batch.initial_logp is not None:
+                # k3 = r − 1 − log r with r = π_init/π_θ: unbiased for KL(π_θ ‖ π_init) on tokens drawn from π_θ,
+                # and never negative
+                log_r = (batch.initial_logp - sampled).double()
+                policy[1] = ((log_r.exp() - 1 - log_r) * mask).sum()
         # each process holds its share of the globally normalized loss: the sum is the batch loss (in float64:
-        # float32 partial sums would round the logged loss differently for every process count)
-        shares = torch.tensor([sums["loss"], sums["clip"], sums["tokens"]], dtype=torch.float64, device=self.acc.device)
+        # float32 partial sums would round the logged loss differently for every process count); the policy
+        # sums over every process's tokens, so the means are the whole batch's
+        shares = torch.tensor([sums["loss"], sums["clip"], sums["tokens"], float(mask.sum()), *policy.tolist()],
+                              dtype=torch.float64, device=self.acc.device)
         totals = reduce(shares, reduction="sum").tolist()
-        sums = dict(zip(("loss", "clip", "tokens"), totals))
+        sums = dict(zip(("loss", "clip", "tokens", "sampled", "entropy", "kl"), totals))
         metrics = {
             "loss/total": sums["loss"] / (o.epochs * o.mini_batches),
             "loss/grad_norm": grad_norm,
@@ -332,11 +362,11 @@ class Trainer:
             "loss/lr": self.scheduler.get_last_lr()[0],
             "loss/clip_fraction": sums["clip"] / max(sums["tokens"], 1),
             "perf/teacher_update_s": t_teacher,
-            # −mean ℓS of the sampled tokens: an unbiased estimate of the sampling policy's per-token entropy
-            # (at the sampling temperature); a collapse shows here before the reward moves
-            "policy/entropy": -float((seen.student_logp * batch.student.response_mask).sum()
-                                     / batch.student.response_mask.sum().clamp(min=1)),
         }
+        if sampled is not None:  # per sampled token, at the sampling temperature; a collapse shows here first
+            metrics["policy/entropy"] = sums["entropy"] / max(sums["sampled"], 1)  # −mean ℓ: unbiased
+            if batch.initial_logp is not None:
+                metrics["policy/kl_initial"] = sums["kl"] / max(sums["sampled"], 1)
         metrics.update(self.method.metrics(batch, targets, seen))
         return metrics
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from credit import viz
+from credit.analysis import viz
 from credit.errors import UserError
 
 
@@ -232,7 +232,7 @@ def rollout_telescoping(model, tokenizer, records: Sequence[dict[str, Any]], tem
                         micro_batch: int | None = None, chat_template_kwargs: dict | None = None) -> dict[str, Any]:
     """The telescoping check on a run's recorded rollouts (original response and context ids; a record
     without its teacher context gets one from the loop's builders, with ``chat_template_kwargs``)."""
-    from credit.runfiles import loop_contexts
+    from credit.analysis.runfiles import loop_contexts
 
     student, teacher, responses, items = [], [], [], []
     for rec in records:
@@ -307,7 +307,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from credit.runfiles import add_chat_template_arg, add_common_model_args
+    from credit.analysis.runfiles import add_chat_template_arg, add_common_model_args
 
     p = sub.add_parser(
         "pmi", help="check Σ ΔV against log π(y|c) − log π(y|x) and the empirical pMI −log P̂(z|x)",
@@ -339,7 +339,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 @viz.cli_entry
 def run(args) -> int:
-    from credit.runfiles import apply_run_config, load_model_from_args, read_rollouts, run_setting, task_from_args
+    from credit.analysis.runfiles import apply_run_config, load_model_from_args, read_rollouts, run_setting, task_from_args
 
     d = PMIConfig()
     apply_run_config(args, {"chat_template_kwargs": run_setting("model.chat_template_kwargs"),
@@ -353,7 +353,7 @@ def run(args) -> int:
         if not records:
             raise UserError(f"{args.rollouts}: holds no rollout records")
         model, tokenizer = load_model_from_args(args)
-        from credit.runfiles import check_ids_fit, check_rollout_tokenizer
+        from credit.analysis.runfiles import check_ids_fit, check_rollout_tokenizer
 
         for rec in records:
             check_rollout_tokenizer(tokenizer, rec)

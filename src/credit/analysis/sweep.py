@@ -11,7 +11,7 @@ A study file (paths are relative to the working directory, like ``out_dir`` in a
     cells:                          # name -> overrides, section.key=value exactly as `credit train` takes them
       grpo: [method=grpo]
       sdpo: [method=sdpo, credit.grpo_weight=0]
-    compare:                        # optional: paired bootstrap of A − B (credit.stats)
+    compare:                        # optional: paired bootstrap of A − B (credit.analysis.stats)
       - [credit, sdpo]
 
 Each run is ``credit train BASE common... cell... seed=k out_dir=<runs>/<cell>/seed<k> --resume`` in a
@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from credit.errors import UserError, cli_entry, one_line
-from credit.report import flatten_config
+from credit.analysis.report import flatten_config
 
 #: The command a run is started with; tests inject a fake one.
 TRAIN_COMMAND: tuple[str, ...] = (sys.executable, "-m", "credit.cli", "train")
@@ -488,7 +488,7 @@ def run_sweep(study: Study, *, jobs: int = 2, dry_run: bool = False, start: bool
 
 def aggregate(study: Study, records: Sequence[Mapping[str, Any]], n_boot: int = 10_000) -> dict[str, Any]:
     """Per cell mean ± sample std over finished seeds; paired bootstrap intervals for ``compare``."""
-    from credit import stats
+    from credit.analysis import stats
 
     finished = [r for r in records if r["status"] in ("ran", "skipped") and r["after"] is not None]
     cells = {}
@@ -574,7 +574,7 @@ def write_aggregate(study: Study, agg: Mapping[str, Any], *, report: bool = True
     dirs = [r["dir"] for r in agg["runs"] if read_metrics(Path(r["dir"]))]
     if not dirs:
         return
-    from credit.report import make_report
+    from credit.analysis.report import make_report
 
     try:
         paths = make_report(dirs, study.out / "report")
@@ -592,7 +592,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Run every cell × seed of a study file as `credit train ... --resume` (one "
                                    "thread each, N at a time; finished runs are skipped), print a line per run, "
                                    "then write <out>/aggregate.json and the credit report page.")
-    p.add_argument("study", metavar="STUDY.yaml", help="study file (see `credit.sweep`'s docstring)")
+    p.add_argument("study", metavar="STUDY.yaml", help="study file (see `credit.analysis.sweep`'s docstring)")
     p.add_argument("--jobs", "-j", type=int, default=2, help="runs at a time (default 2)")
     p.add_argument("--dry-run", action="store_true", help="print the commands and start nothing")
     p.add_argument("--aggregate-only", action="store_true",

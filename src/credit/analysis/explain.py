@@ -10,7 +10,7 @@ and/or a demo), with the teacher = the same model under the teacher context (a *
 
 computed with ``credit.scoring`` (one packed forward) and the pure functions of ``credit.signal``,
 so the numbers are exactly those the trainer would see for a live teacher at that temperature. The
-contexts are made by the loop's own builders (``credit.runfiles.loop_contexts``) with the run's
+contexts are made by the loop's own builders (``credit.analysis.runfiles.loop_contexts``) with the run's
 ``chat_template_kwargs`` (from its config.yaml when ``--model`` is a run, or the flag).
 
 The response is scored as token ids: from a run's ``rollouts.jsonl`` record the original
@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 
-from credit import viz
+from credit.analysis import viz
 from credit.errors import UserError
-from credit.runfiles import (add_chat_template_arg, add_common_model_args, apply_run_config, check_ids_fit,
+from credit.analysis.runfiles import (add_chat_template_arg, add_common_model_args, apply_run_config, check_ids_fit,
                              check_messages, check_rollout_tokenizer, load_model_from_args, loop_contexts,
                              read_jsonl, read_rollout, run_setting, task_from_args)
 

@@ -560,7 +560,7 @@ def run(args) -> int:
     measured = measure(cfg) if args.measure else None
     print(format_plan(cfg, plan, shape, args.gpus, args.gpu_memory, prompt_tokens, fits_with, measured))
     if args.json_out:
-        from credit.viz import write_json
+        from credit.analysis.viz import write_json
 
         write_json(args.json_out, {"model": dataclasses.asdict(shape), "gpus": args.gpus, "gpu_memory_gib": args.gpu_memory,
                                    "components_gib": {k: v / GiB for k, v in plan.components.items()},

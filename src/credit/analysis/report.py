@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from credit import viz
+from credit.analysis import viz
 from credit.errors import UserError
 
 #: (file stem, title, metric keys). A key ending in "*" is a prefix: every metric that starts with it.

@@ -653,7 +653,7 @@ def summarize(bench: Bench, runs: dict[str, list[dict]], repeats: int) -> dict:
         "roofline": {"peak": bench.peak, "methods": roof},
         "notes": "median over interleaved repeats; ratios are medians of per-repeat (paired) ratios; "
                  "learner = teacher + negatives + update + teacher_update; roofline: FLOPs and bytes of each "
-                 "phase (credit.bench.step_work) over its median seconds, against the peak of probe_peak",
+                 "phase (credit.analysis.bench.step_work) over its median seconds, against the peak of probe_peak",
     }
 
 
@@ -779,7 +779,7 @@ def run(args) -> int:
     finally:
         bench.close()
     if args.json_out:  # before the tables: the result is kept even where rich is missing
-        from credit.viz import write_json
+        from credit.analysis.viz import write_json
 
         write_json(args.json_out, result)
     print_tables(result)
