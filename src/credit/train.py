@@ -340,7 +340,7 @@ class Trainer:
         # no row carried an advantage anywhere: then the policy/* metrics are not logged)
         sampled = batch.old_logp if self.off_policy else seen.student_logp if seen.scored else None
         mask = batch.student.response_mask
-        policy = torch.zeros(2, dtype=torch.float64)  # Σ −ℓ and Σ k3 over this process's sampled tokens
+        policy = torch.zeros(2, dtype=torch.float64, device=mask.device)  # Σ −ℓ and Σ k3 over its sampled tokens
         if sampled is not None:
             policy[0] = -(sampled.double() * mask).sum()
             if batch.initial_logp is not None:
