@@ -133,13 +133,9 @@ class Trainer:
                 build_teacher("frozen", 0.0, model, self.share_prefix, shard)
         if self.sharded:
             model = shard(model)
-        # the update's forwards share prompt prefixes only unsharded: sharing runs two forwards of the model
-        # before one backward (prefix, then responses through its cache), and sharded that could not be shown
-        # to give one process's gradients (~1e-7 apart in float64 on the tiny model; but in one process the
-        # shared and unshared gradients already differ by ~5e-8 relative, forwards equal to 1e-15, an open
-        # question); sharded, each row runs whole, which tests/test_fsdp.py shows exact. The no-grad passes
-        # (rollout, ℓold, teacher) run gathered and still share
-        self.share_update = self.share_prefix and not self.sharded
+        # every pass shares prompt prefixes, the update's too: there, one forward of each distinct prompt and one
+        # of the responses through its cache before one backward, sharded or not (tests/test_fsdp.py: sharded
+        # equals one process to ~1e-14 in float64; tests/test_scoring.py: shared equals unshared)
         o = cfg.optim
         params = [p for p in model.parameters() if p.requires_grad]  # under FSDP2: this rank's shards
         optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
@@ -309,7 +305,7 @@ class Trainer:
                         # an autocast region of its own: autocast keeps the bf16 copy of each fp32 weight until
                         # its outermost region exits, blind to optimizer.step()'s in-place update
                         with self.acc.autocast():
-                            hidden = response_hidden(self.model, packed, self.share_update)  # (n, R, H), no logits
+                            hidden = response_hidden(self.model, packed, self.share_prefix)  # (n, R, H), no logits
                             logp = head_token_logprobs(hidden, packed.response_ids, cfg.rollout.temperature)
                             old = batch.old_logp[rows] if self.off_policy else logp.detach()
                             out = self.method.loss(Micro(rows, hidden, logp, old, self.off_policy, epoch == 0),
