@@ -139,3 +139,23 @@ def test_an_unmatched_collective_fails_instead_of_hanging(tiny_model_dir, tmp_pa
     assert run.returncode != 0
     error = (tmp_path / "error.txt").read_text()
     assert "a collective failed during a deliberately unmatched all_reduce" in error, error
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="about machines without CUDA")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_launched_cpu_processes_train_together_without_device_cpu(tiny_model_dir, tmp_path, dtype):
+    """`torchrun --nproc_per_node 2 -m credit.cli train ...` as a user types it, without `device=cpu`, on a
+    machine without CUDA: accelerate's default there is not distributed, so each process trained a run of its
+    own into the same directory (and one crashed renaming a checkpoint file the other had cleaned away). In
+    float32 and bf16 (the other tests run float64), where FSDP2 sent its gradient sum as a PREMUL_SUM that
+    gloo refuses."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           "-m", "credit.cli", "train", f"model.name={tiny_model_dir}", f"out_dir={out}", "parallel=fsdp",
+           "method=grpo", "steps=2", "checkpoint_every=1", "rollout.prompts_per_step=4",
+           "rollout.samples_per_prompt=2", "rollout.max_new_tokens=4", "eval.limit=2", "eval.samples=1",
+           "log.progress=false", "log.tensorboard=false", "dist_timeout_s=120", f"model.dtype={dtype}"]
+    run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=LIMIT_S)
+    assert run.returncode == 0, run.stderr[-4000:]
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert (state["world_size"], state["parallel"], state["step"]) == (2, "fsdp", 1)

@@ -61,9 +61,11 @@ def shard(model: torch.nn.Module, compute_dtype: torch.dtype | None = None) -> t
     model._credit_reshard = False
     # gradients are summed over ranks, not averaged: each rank's loss is already its share of the global
     # mean (global denominators). FSDP2's own averaging for a world size that is no power of two lost
-    # float64 down to ~1e-7 relative (3 gloo ranks, measured), summing is exact
+    # float64 down to ~1e-7 relative (3 gloo ranks, measured), summing is exact. A plain SUM on the wire: for
+    # float32 / bf16 gradients FSDP2 would send a divide factor as ReduceOp.PREMUL_SUM(1/1), which gloo refuses
     for unit in _units(model):
         unit.set_gradient_divide_factor(1.0)
+        unit.set_force_sum_reduction_for_comms(True)
     return model
 
 

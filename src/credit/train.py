@@ -88,7 +88,11 @@ class Trainer:
             # Trainer in one process (credit.fit in a notebook, a benchmark) may want another precision
             AcceleratorState._reset_state()
         timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.dist_timeout_s))
-        self.acc = accelerator or Accelerator(cpu=cfg.device == "cpu", mixed_precision=mixed, kwargs_handlers=[timeout])
+        # several processes on a machine without CUDA: accelerate's default device there is not distributed, so
+        # each process would train alone (and write the same run directory); CPU processes train together
+        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        cpu = cfg.device == "cpu" or (cfg.device is None and launched and not torch.cuda.is_available())
+        self.acc = accelerator or Accelerator(cpu=cpu, mixed_precision=mixed, kwargs_handlers=[timeout])
         # FSDP2 shards only across processes; one process trains the whole model as it is
         self.sharded = cfg.parallel == "fsdp" and self.acc.num_processes > 1
         self.out = Path(cfg.out_dir)
