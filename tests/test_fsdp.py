@@ -157,5 +157,6 @@ def test_launched_cpu_processes_train_together_without_device_cpu(tiny_model_dir
            "log.progress=false", "log.tensorboard=false", "dist_timeout_s=120", f"model.dtype={dtype}"]
     run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=LIMIT_S)
     assert run.returncode == 0, run.stderr[-4000:]
+    assert run.stdout.count("held-out mean@1") == 1, run.stdout  # the closing line, from rank 0 only
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     assert (state["world_size"], state["parallel"], state["step"]) == (2, "fsdp", 1)

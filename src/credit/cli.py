@@ -42,7 +42,7 @@ def _train(args) -> int:
     before = summary.get("eval_before", {})
     after = summary.get("eval_after", {})
     key = next((k for k in after if k.startswith("mean@")), None)
-    if key:
+    if key and os.environ.get("RANK", "0") == "0":  # launched processes: the closing line once
         start = f"{before[key]:.3f}" if key in before else "not measured (eval.before: false)"
         print(f"held-out {key}: {start} -> {after[key]:.3f} "
               f"({summary['train_wall_s']:.0f} s training, run dir {cfg.out_dir})")
