@@ -16,6 +16,13 @@ from credit.config import load_config
 from credit.rollout import Rollouts
 
 
+def norm_in_its_dtype(self, hidden):
+    """``LlamaRMSNorm.forward`` in the model's dtype. transformers' computes in float32 whatever the dtype,
+    so a float64 model's gradients round differently when rows are grouped differently (prefix sharing
+    per process; test_scoring.py); tests that compare such groupings patch this in."""
+    return self.weight * (hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+
 def fixed_sample(model, tokenizer, prompts, config, generator=None):
     responses = []
     for p in prompts:

@@ -27,19 +27,14 @@ import torch.distributed as dist
 from transformers.models.llama import modeling_llama
 
 import credit.train as train_mod
-from _dist_worker import fixed_sample
+from _dist_worker import fixed_sample, norm_in_its_dtype
 from credit import parallel, runs
 from credit.config import load_config
-
-
-def _norm_in_its_dtype(self, hidden):
-    return self.weight * (hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
-
 
 # transformers' RMSNorm computes in float32 whatever the model's dtype; prefix sharing (every pass, the update's
 # too) groups rows by prompt within a process, so a float32 norm would round one process's gradients apart from
 # N processes' by ~1e-8 (tests/test_scoring.py). In float64 throughout, the two agree to ~1e-14.
-modeling_llama.LlamaRMSNorm.forward = _norm_in_its_dtype
+modeling_llama.LlamaRMSNorm.forward = norm_in_its_dtype
 
 BASE = ["device=cpu", "rollout.prompts_per_step=6", "rollout.samples_per_prompt=3", "rollout.max_new_tokens=6",
         "optim.micro_batch=2", "optim.lr=1e-3", "credit.negative_strategy=roll", "model.dtype=float64",

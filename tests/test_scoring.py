@@ -1,10 +1,15 @@
 """Scoring responses under many contexts: prefix sharing is the same function of the weights."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from credit.scoring import pack, response_logits, response_logprobs
 from credit.signal import token_logprobs
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 def test_shared_prefix_equals_separate_forwards_in_value_and_gradient(fresh_tiny_model):
@@ -43,9 +48,7 @@ def test_shared_prefix_gradients_are_exact_once_the_norm_keeps_float64(fresh_tin
     norm once summed over its G rows (shared) or once per row (unshared), rounded differently."""
     from transformers.models.llama import modeling_llama
 
-    def norm_in_its_dtype(self, hidden):
-        return self.weight * (hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
-
+    from _dist_worker import norm_in_its_dtype
     from credit.scoring import response_hidden
     from credit.signal import head_token_logprobs
 

@@ -171,3 +171,16 @@ def test_group_advantages():
 def test_bad_arguments_name_themselves(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_sampled_kl_by_hand_and_unbiased():
+    # π(y) = 0.5, π_ref(y) = 0.25: r = 0.5, k3 = 0.5 − 1 − log 0.5 = log 2 − 0.5
+    est = signal.sampled_kl(torch.tensor([[math.log(0.5), math.log(0.2)]], dtype=torch.float64),
+                            torch.tensor([[math.log(0.25), math.log(0.2)]], dtype=torch.float64))
+    assert est[0, 0].item() == pytest.approx(math.log(2) - 0.5, rel=1e-15) and est[0, 1].item() == 0.0
+    # over every token of π, weighted by π, the estimate is KL(π ‖ π_ref) exactly
+    p = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)
+    q = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    expected = (p * (p.log() - q.log())).sum()
+    assert (p * signal.sampled_kl(p.log(), q.log())).sum().item() == pytest.approx(expected.item(), rel=1e-12)
+    assert (signal.sampled_kl(p.log(), q.log()) >= 0).all()

@@ -68,15 +68,6 @@ def pack(contexts: list[list[int]], responses: list[list[int]], pad_id: int, res
     return Packed(input_ids, attention, positions, response_ids.clone(), response_mask)
 
 
-def padded(rows: list[list[float]], width: int, dtype=torch.float32) -> torch.Tensor:
-    """Per-token values of N responses as (N, width), 0 after each row's end (laid out as ``pack`` lays
-    out the responses)."""
-    out = torch.zeros(len(rows), width, dtype=dtype)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.tensor(row, dtype=dtype)
-    return out
-
-
 @functools.cache
 def cache_kwarg() -> str:
     """The forward keyword of the KV cache: transformers renamed ``past_key_values`` to ``cache`` (5.2x;

@@ -384,6 +384,15 @@ def masked_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return masked_mean((x - mean) ** 2, mask).sqrt()
 
 
+def sampled_kl(sampled_logp: torch.Tensor, reference_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token estimate of KL(π ‖ π_ref) from tokens drawn from π: ``r − 1 − log r`` with
+    ``r = π_ref(y_t) / π(y_t)`` (Schulman's k3): unbiased, never negative, 0 where the two agree.
+    (N, T), (N, T) -> (N, T)."""
+    check_same_shape(sampled_logp=sampled_logp, reference_logp=reference_logp)
+    log_r = reference_logp - sampled_logp
+    return log_r.exp() - 1 - log_r
+
+
 # ----------------------------------------------------------------------------- token rewards
 
 

@@ -31,6 +31,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import InitProcessGroupKwargs, reduce
+from torch.nn.utils.rnn import pad_sequence
 
 from credit import parallel, runs
 from credit import objectives as obj
@@ -41,8 +42,8 @@ from credit.logging import rollout_records
 from credit.methods import Micro, Seen, StepBatch, Targets, build_method
 from credit.models import load_model
 from credit.rollout import SamplingConfig, build_engine, check_prompt_lengths, encode_prompts, sample
-from credit.scoring import pack, padded, response_hidden, response_logprobs
-from credit.signal import head_token_logprobs
+from credit.scoring import pack, response_hidden, response_logprobs
+from credit.signal import head_token_logprobs, masked_sum, sampled_kl
 from credit.tasks import Example, build_task
 from credit.teacher import build_negative_contexts, build_teacher_contexts, problem_keys, sample_negative_groups
 from credit.teacher.scorer import TeacherScorer
@@ -83,14 +84,14 @@ class Trainer:
         # bf16/fp16 compute under autocast over fp32 master weights: a bf16 parameter would round most
         # lr·update steps away (one bf16 AdamW step at lr 1e-6 changed 2% of the tiny model's weights)
         mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.model.dtype, "no")
-        if accelerator is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # by torchrun / accelerate launch
+        if accelerator is None and not launched:
             # accelerate keeps one global state, fixed by the first Accelerator of the process: a second
             # Trainer in one process (credit.fit in a notebook, a benchmark) may want another precision
             AcceleratorState._reset_state()
         timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.dist_timeout_s))
         # several processes on a machine without CUDA: accelerate's default device there is not distributed, so
         # each process would train alone (and write the same run directory); CPU processes train together
-        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
         cpu = cfg.device == "cpu" or (cfg.device is None and launched and not torch.cuda.is_available())
         self.acc = accelerator or Accelerator(cpu=cpu, mixed_precision=mixed, kwargs_handlers=[timeout])
         # FSDP2 shards only across processes; one process trains the whole model as it is
@@ -243,7 +244,8 @@ class Trainer:
         if self.method.needs_student_logp and not self.off_policy and rollouts.logprobs is not None:
             # ℓS as the engine drew the tokens (continuous): the score's baseline without a forward pass.
             # Off-policy, ℓold is the learner's own forward instead, so the first epoch's ratio is exactly 1.
-            old_logp = padded(rollouts.logprobs, r_len, dtype).to(device)
+            old_logp = pad_sequence([torch.tensor(lp, dtype=dtype) for lp in rollouts.logprobs], batch_first=True)
+            old_logp = old_logp.to(device)  # (N, R), laid out as the packed responses, 0 after each one's end
         elif self.off_policy or self.method.needs_student_logp:
             with torch.no_grad(), parallel.gathered(self.model):
                 old_logp = response_logprobs(self.unwrapped, student, cfg.rollout.temperature, cfg.optim.micro_batch,
@@ -340,18 +342,15 @@ class Trainer:
         # no row carried an advantage anywhere: then the policy/* metrics are not logged)
         sampled = batch.old_logp if self.off_policy else seen.student_logp if seen.scored else None
         mask = batch.student.response_mask
-        policy = torch.zeros(2, dtype=torch.float64, device=mask.device)  # Σ −ℓ and Σ k3 over its sampled tokens
+        policy = [0.0, 0.0]  # Σ −ℓ and Σ KL estimate over this process's sampled tokens
         if sampled is not None:
-            policy[0] = -(sampled.double() * mask).sum()
-            if batch.initial_logp is not None:
-                # k3 = r − 1 − log r with r = π_init/π_θ: unbiased for KL(π_θ ‖ π_init) on tokens drawn from π_θ,
-                # and never negative
-                log_r = (batch.initial_logp - sampled).double()
-                policy[1] = ((log_r.exp() - 1 - log_r) * mask).sum()
+            policy[0] = -float(masked_sum(sampled.double(), mask))
+            if batch.initial_logp is not None:  # unbiased for KL(π_θ ‖ π_init) on π_θ's own tokens
+                policy[1] = float(masked_sum(sampled_kl(sampled.double(), batch.initial_logp.double()), mask))
         # each process holds its share of the globally normalized loss: the sum is the batch loss (in float64:
         # float32 partial sums would round the logged loss differently for every process count); the policy
         # sums over every process's tokens, so the means are the whole batch's
-        shares = torch.tensor([sums["loss"], sums["clip"], sums["tokens"], float(mask.sum()), *policy.tolist()],
+        shares = torch.tensor([sums["loss"], sums["clip"], sums["tokens"], float(mask.sum()), *policy],
                               dtype=torch.float64, device=self.acc.device)
         totals = reduce(shares, reduction="sum").tolist()
         sums = dict(zip(("loss", "clip", "tokens", "sampled", "entropy", "kl"), totals))

@@ -20,8 +20,8 @@ Each component is what the loop allocates (``credit.train``):
 - activations: what autograd keeps for the backward of one update micro-batch, measured per token and
   per layer on this CPU with a shrunk copy of the architecture (same head dim, hidden sizes / f), under
   the run's precision, times f; with ``model.gradient_checkpointing`` the layer inputs plus one layer.
-  Prefix sharing runs a group's prompt once (its KV cache indexed out to every row); the loop turns it
-  off with checkpointing or sharding.
+  Prefix sharing runs a group's prompt once (its KV cache indexed out to every row), in every pass,
+  sharded or not; the loop turns it off with gradient checkpointing.
 - teacher passes: the teacher's no-grad forward of one micro-batch (one layer's activations at a time)
   and its prefix KV cache.
 
@@ -286,7 +286,7 @@ def estimate(cfg, shape: Shape, rates: tuple[float, float], gpus: int = 1, promp
     o = cfg.optim
     n = min(o.micro_batch, local_rollouts)
     resp = r.max_new_tokens
-    share = o.share_prefix and not cfg.model.gradient_checkpointing and not fsdp  # as the loop decides
+    share = o.share_prefix and not cfg.model.gradient_checkpointing  # as the loop decides, for every pass
     groups = math.ceil(n / r.samples_per_prompt) if share else n
     tokens = groups * prompt_tokens + n * resp if share else n * (prompt_tokens + resp)
     prefix_kv = n * prompt_tokens * kv_token if share else 0.0  # the shared prompt's cache, indexed to n rows
@@ -302,8 +302,7 @@ def estimate(cfg, shape: Shape, rates: tuple[float, float], gpus: int = 1, promp
     # teacher passes: one micro-batch of contexts, no grad (a layer's activations at a time) and its KV cache
     ctx = context_tokens or min(cfg.teacher.max_context_tokens, prompt_tokens + 2 * resp + 128)
     teacher_tokens = n * (ctx + resp)
-    share_teacher = o.share_prefix and not cfg.model.gradient_checkpointing  # the teacher shares even when sharded
-    teacher_pass = teacher_tokens * per_layer + n * (ctx + resp) * kv_token * (1 if share_teacher else 0) \
+    teacher_pass = teacher_tokens * per_layer + n * (ctx + resp) * kv_token * (1 if share else 0) \
         + min(rows, n * resp) * shape.vocab * 4 * (2 if kind == "trust_region" else 1)
     logit_mode = method_uses_teacher and cfg.credit.mode == "logits"
     if logit_mode and fsdp:  # logit mode's teacher passes run inside the update: the whole teacher gathered
