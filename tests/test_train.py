@@ -411,6 +411,9 @@ def test_two_processes_equal_one(tiny_dir, tmp_path):
         assert m1["loss/grad_norm"] == pytest.approx(m2["loss/grad_norm"], rel=1e-9)
         assert m1["loss/total"] == pytest.approx(m2["loss/total"], rel=1e-9, abs=1e-12)
         assert m1["task/reward_mean"] == pytest.approx(m2["task/reward_mean"])
+        # signal/*: token means and spreads of ΔV, S, G over both processes' rows, not a mean of their means
+        signals = {k: v for k, v in m1.items() if k.startswith("signal/")}
+        assert len(signals) >= 8 and {k: m2[k] for k in signals} == pytest.approx(signals, rel=1e-9, abs=1e-12)
     # Adam divides by √v, so an element whose gradient is ~0 can move by rounding noise; in float64
     # that noise is ~1e-16 relative, far below 1e-9 of one update (lr = 1e-3). A wrong global scale
     # is invisible to Adam; grad_norm above catches it.

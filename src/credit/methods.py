@@ -4,12 +4,15 @@ The training loop is method-blind. It asks a method three things:
 
   prepare(batch, scorer) -> Targets   after the rollouts: ℓT, G, advantages (no grad), read-only after
   loss(micro, batch, targets, scorer) the per-token loss of one micro-batch of the update, (n, R)
-  metrics(batch, targets, seen)       ``signal/*`` and ``credit/*`` numbers of the step
+  metrics(batch, targets, seen, gather)  ``signal/*`` and ``credit/*`` numbers of the whole step's batch
 
 ``StepBatch`` (what the rollouts gave) and ``Targets`` (what ``prepare`` computed) are frozen: ℓT and G
 of the sampled tokens come from ``Targets`` in token and sequence modes; logit mode scores the teacher
 inside the update on the current top-K and reports the sampled tokens' ℓT and G in its ``LossOut``,
-which the loop keeps in ``Seen`` with the first epoch's ℓS (for ``signal/*``).
+which the loop keeps in ``Seen`` with the first epoch's ℓS (for ``signal/*``). A batch is one process's
+rows; ``gather(*tensors)`` returns every process's rows of these per-rollout tensors (the loop passes
+``credit.parallel.all_rows``; in one process they are the batch's own), so the metrics are the whole
+batch's whatever the number of processes.
 
 plus ``loss_mask(batch, rows)`` (the tokens that carry an advantage: the aggregation's mask and
 denominator) and three facts: ``num_negatives`` (K negative contexts the loop builds per rollout),
@@ -27,6 +30,7 @@ part the capped importance weight, as each paper does.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,6 +39,14 @@ import torch
 from credit import objectives as obj
 from credit import signal
 from credit.scoring import Packed
+
+
+# every process's rows of some per-rollout tensors (the loop's ``credit.parallel.all_rows``)
+Gather = Callable[..., list[torch.Tensor | None]]
+
+
+def _these(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    return list(tensors)  # one process: its rows are the batch
 
 
 @dataclass(frozen=True)
@@ -157,7 +169,7 @@ class GRPO:
     def loss_mask(self, b: StepBatch, rows: torch.Tensor) -> torch.Tensor:
         return b.student.response_mask[rows]
 
-    def metrics(self, b: StepBatch, t: Targets, seen: Seen) -> dict[str, float]:
+    def metrics(self, b: StepBatch, t: Targets, seen: Seen, gather: Gather = _these) -> dict[str, float]:
         return {}
 
 
@@ -212,10 +224,11 @@ class _Distill:
     def loss_mask(self, b: StepBatch, rows: torch.Tensor) -> torch.Tensor:
         return b.distill_mask[rows]
 
-    def metrics(self, b: StepBatch, t: Targets, seen: Seen) -> dict[str, float]:
+    def metrics(self, b: StepBatch, t: Targets, seen: Seen, gather: Gather = _these) -> dict[str, float]:
         teacher = t.teacher_logp if t.teacher_logp is not None else seen.teacher_logp
         generic = t.generic_logp if t.generic_logp is not None else seen.generic_logp
-        return signal_metrics(b, teacher, generic if self.num_negatives else None, seen.student_logp)
+        return signal_metrics(*gather(b.student.response_mask, b.has_signal, b.has_contrast, b.rewards,
+                                      seen.student_logp, teacher, generic if self.num_negatives else None))
 
 
 class TokenCredit(_Distill):
@@ -351,8 +364,8 @@ class Blend:
     def loss_mask(self, b: StepBatch, rows: torch.Tensor) -> torch.Tensor:
         return (self.outcome if self.w > 0 else self.distill).loss_mask(b, rows)
 
-    def metrics(self, b: StepBatch, t: Targets, seen: Seen) -> dict[str, float]:
-        return self.distill.metrics(b, t, seen)
+    def metrics(self, b: StepBatch, t: Targets, seen: Seen, gather: Gather = _these) -> dict[str, float]:
+        return self.distill.metrics(b, t, seen, gather)
 
 
 # ----------------------------------------------------------------------------- from the config
@@ -384,32 +397,34 @@ def build_method(cfg) -> GRPO | _Distill | Blend:
 # ----------------------------------------------------------------------------- metrics
 
 
-def signal_metrics(b: StepBatch, teacher_logp: torch.Tensor | None, generic_logp: torch.Tensor | None,
-                   student_logp: torch.Tensor) -> dict[str, float]:
+def signal_metrics(response_mask: torch.Tensor, has_signal: torch.Tensor, has_contrast: torch.Tensor,
+                   rewards: torch.Tensor, student_logp: torch.Tensor, teacher_logp: torch.Tensor | None,
+                   generic_logp: torch.Tensor | None) -> dict[str, float]:
     """``signal/*``: ΔV, S, G over tokens of rollouts with a teacher signal, the same in every mode.
-    ``teacher_logp``, ``generic_logp``, ``student_logp``: (N, R) of the sampled tokens."""
+    ``response_mask`` and the log-probs of the sampled tokens: (N, R); ``has_signal``, ``has_contrast``,
+    ``rewards``: (N,), as in ``StepBatch``."""
     if teacher_logp is None:
         return {}
-    mask = b.distill_mask
-    out = {"signal/active_fraction": b.has_signal.mean().item()}
+    mask = response_mask * has_signal[:, None]  # StepBatch.distill_mask
+    out = {"signal/active_fraction": has_signal.mean().item()}
     if not mask.any():
         return out
     dv = signal.delta_v(teacher_logp, student_logp)
     pmi = signal.sequence_sum(dv, mask)
-    active = b.has_signal.bool()
+    active = has_signal.bool()
     out.update({
         "signal/dv_mean": signal.masked_mean(dv, mask).item(),
         "signal/dv_std": signal.masked_std(dv, mask).item(),
         "signal/pmi_mean": pmi[active].mean().item(),
     })
-    if active.sum() > 1 and b.rewards[active].std() > 0 and pmi[active].std() > 0:
-        out["signal/pmi_reward_corr"] = torch.corrcoef(torch.stack([pmi[active], b.rewards[active]]))[0, 1].item()
+    if active.sum() > 1 and rewards[active].std() > 0 and pmi[active].std() > 0:
+        out["signal/pmi_reward_corr"] = torch.corrcoef(torch.stack([pmi[active], rewards[active]]))[0, 1].item()
     if generic_logp is not None:
-        cmask = mask * b.has_contrast[:, None]
-        out["credit/no_contrast_fraction"] = 1.0 - b.has_contrast[active].mean().item()
+        cmask = mask * has_contrast[:, None]
+        out["credit/no_contrast_fraction"] = 1.0 - has_contrast[active].mean().item()
         if cmask.any():
             s = signal.specific_part(teacher_logp, generic_logp)
-            contrasted = (b.has_signal * b.has_contrast).bool()
+            contrasted = (has_signal * has_contrast).bool()
             out.update({
                 "signal/s_mean": signal.masked_mean(s, cmask).item(),
                 "signal/s_std": signal.masked_std(s, cmask).item(),

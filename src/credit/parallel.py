@@ -12,7 +12,8 @@ sharded; it calls the few functions here, which are no-ops for an unsharded mode
   Entering and leaving are the collectives, and every rank enters each block once.
 - ``full_state_dict`` / ``load_full_state_dict``: the whole state gathered to rank 0 (checkpoints,
   ``final/``), and each rank's shard cut back out of it on resume.
-- ``reduce_metrics``: a step's metrics combined over ranks (one collective per step).
+- ``reduce_metrics``: a step's metrics combined over ranks (one collective per step); ``all_rows``:
+  every rank's rows of a few small tensors, for numbers that must be the whole batch's (``signal/*``).
 
 Collectives time out (``dist_timeout_s``, the process group's timeout): a rank that enters a
 collective the others never reach fails with an error naming the stage (``stage``), not a hang.
@@ -156,10 +157,39 @@ def load_optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Opt
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
+def all_rows(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """Every rank's rows of each (N_r, ...) tensor, in rank order: (Σ N_r, ...) on every rank, a second
+    dimension zero-padded to the widest rank's. A tensor that some ranks lack (None) stands as zeros of
+    their rows, as a single process holds zeros on rows nothing scored; None where every rank lacks it.
+    The first tensor is never None: it gives each rank's row count. One collective; every rank calls it
+    (small tensors only: they travel pickled, through the CPU)."""
+    if world_size() == 1:
+        return list(tensors)
+    parts: list[list[torch.Tensor | None]] = [[] for _ in range(world_size())]
+    dist.all_gather_object(parts, [None if t is None else t.detach().cpu() for t in tensors])
+    rows, device = [p[0].shape[0] for p in parts], tensors[0].device
+    out = []
+    for pieces in zip(*parts):
+        like = next((t for t in pieces if t is not None), None)
+        if like is None:
+            out.append(None)
+            continue
+        width = max(t.shape[1] for t in pieces if t is not None) if like.dim() > 1 else None
+        whole = []
+        for n, t in zip(rows, pieces):
+            if t is None:
+                t = like.new_zeros((n, *like.shape[1:]))
+            if width is not None:
+                t = torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1]))
+            whole.append(t)
+        out.append(torch.cat(whole).to(device))
+    return out
+
+
 def _reduction(key: str):
     """How one metric combines over ranks: maxima stay maxima, counts and throughputs add up, the rest
-    is the mean (exact for per-rollout fractions, as every rank holds as many rollouts; per-token means
-    weigh each rank's tokens equally)."""
+    is the mean (exact for per-rollout fractions, as every rank holds as many rollouts; a number computed
+    on ``all_rows`` is the same on every rank)."""
     if key.endswith("_max") or key in MAXED:
         return max
     if key in SUMMED or key.endswith("tokens_per_s"):

@@ -366,7 +366,7 @@ class Trainer:
             metrics["policy/entropy"] = sums["entropy"] / max(sums["sampled"], 1)  # −mean ℓ: unbiased
             if batch.initial_logp is not None:
                 metrics["policy/kl_initial"] = sums["kl"] / max(sums["sampled"], 1)
-        metrics.update(self.method.metrics(batch, targets, seen))
+        metrics.update(self.method.metrics(batch, targets, seen, parallel.all_rows))  # the whole batch's
         return metrics
 
     def _clip_grad(self) -> float:
