@@ -50,6 +50,9 @@ VARIANTS = {
     "credit-lora-logits": ["credit.mode=logits", "credit.top_k=20", LORA, FEEDBACK],
     "credit-lora-token": [LORA, FEEDBACK, "log.kl_every=1"],  # ... and the base with the adapters off
     "credit-one-rank-signals": ["teacher.kind=live", "teacher.include_feedback=false"],
+    # activations recomputed in the backward, inside the sharded layers (as 8B models are trained)
+    "credit-checkpointed": [FEEDBACK, "model.gradient_checkpointing=true"],
+    "credit-lora-checkpointed": [LORA, FEEDBACK, "model.gradient_checkpointing=true"],
 }
 
 
@@ -62,6 +65,20 @@ def sample(model, tokenizer, prompts, config, generator=None):
             if rank * len(prompts) + i // config.num_samples >= first:
                 rollouts.texts[i] = "no idea"
     return rollouts
+
+
+def count_recomputes(model) -> list[int]:
+    """[how often the first layer's MLP runs inside a backward pass]: > 0 only when activations are
+    recomputed (gradient checkpointing). Module hooks do not fire on a recompute, so its forward is wrapped."""
+    mlp = next(m for n, m in model.named_modules() if n.endswith("layers.0.mlp"))
+    count, forward = [0], mlp.forward
+
+    def counted(*args, **kwargs):
+        count[0] += torch._C._current_graph_task_id() != -1  # -1 outside a backward
+        return forward(*args, **kwargs)
+
+    mlp.forward = counted
+    return count
 
 
 def state_bytes(trainer) -> int:
@@ -80,6 +97,7 @@ def variants(model_dir: str, out: str) -> None:
         runs.seed_everything(cfg.seed)  # as train() does: LoRA's initial adapters
         print(f"variant {name}", file=sys.stderr, flush=True)  # where a failure happened, in the test's output
         trainer = train_mod.Trainer(cfg)
+        recomputed = count_recomputes(trainer.unwrapped)
         metrics = [trainer.run_step(step)[0] for step in range(3)]
         weights = parallel.full_state_dict(trainer.model)
         sizes = [None] * trainer.acc.num_processes
@@ -88,7 +106,7 @@ def variants(model_dir: str, out: str) -> None:
         else:
             sizes = [state_bytes(trainer)]
         results[name] = {"params": {k: v.detach().cpu() for k, v in weights.items()}, "metrics": metrics,
-                         "bytes": sizes, "sharded": trainer.sharded}
+                         "bytes": sizes, "sharded": trainer.sharded, "recomputed": recomputed[0]}
         del trainer
     if not dist.is_initialized() or dist.get_rank() == 0:
         torch.save({"world": parallel.world_size(), "results": results}, out)

@@ -64,8 +64,8 @@ def tmp_module(tmp_path_factory):
 @pytest.mark.parametrize("nproc", [2, 3])
 def test_sharded_training_equals_one_process(tiny_model_dir, tmp_module, nproc):
     """GRPO, SDPO, CREDIT token / logits / sequence, CREDIT with LoRA (token and logits, EMA adapter
-    teacher), and a batch where only rank 0's prompts carry a teacher signal (live teacher: the
-    others run no teacher forward at all): 3 steps each, sharded over ``nproc`` ranks, give the
+    teacher), CREDIT with gradient checkpointing (full and LoRA), and a batch where only rank 0's prompts
+    carry a teacher signal (live teacher: the others run no teacher forward at all): 3 steps each, sharded over ``nproc`` ranks, give the
     one-process parameters and metrics. Responses end at different lengths on different ranks."""
     one, got = variants(1, tiny_model_dir, tmp_module), variants(nproc, tiny_model_dir, tmp_module)
     assert (one["world"], got["world"]) == (1, nproc)
@@ -89,6 +89,9 @@ def test_sharded_training_equals_one_process(tiny_model_dir, tmp_module, nproc):
     for name in ("credit-token", "credit-lora-token"):  # the KL is 0 before any step, positive after
         kl = [m["policy/kl_initial"] for m in one["results"][name]["metrics"]]
         assert abs(kl[0]) < 1e-12 and min(kl[1:]) > 1e-8, (name, kl)
+    for world in (one, got):  # checkpointed variants recompute their layers in the backward, the others never
+        recomputed = {name: r["recomputed"] > 0 for name, r in world["results"].items()}
+        assert recomputed == {name: name.endswith("-checkpointed") for name in recomputed}, recomputed
     signals = [m["teacher/no_signal_fraction"] for m in one["results"]["credit-one-rank-signals"]["metrics"]]
     assert all(0 < s < 1 for s in signals), signals
 

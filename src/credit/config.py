@@ -204,9 +204,6 @@ class TrainConfig(_Section):
         if self.parallel == "fsdp" and self.model.lora is not None and self.model.merge_lora_on_save:
             raise ValueError("model.merge_lora_on_save with parallel=fsdp: final/ holds the adapters; merge them after "
                              "training (peft's merge_and_unload on final/), or set model.merge_lora_on_save: false")
-        if self.parallel == "fsdp" and self.model.gradient_checkpointing:
-            raise ValueError("model.gradient_checkpointing with parallel=fsdp is not tested yet; set it to false "
-                             "(or use parallel=ddp)")
         if self.teacher.kind == "trust_region" and self.model.lora is not None:
             raise ValueError("teacher.kind=trust_region with model.lora is not supported; use ema or frozen")
         if self.model.dtype == "float16":  # fp16 needs loss scaling, whose skipped steps the loop does not drive
