@@ -108,31 +108,43 @@ def test_sharding_halves_each_ranks_state(tiny_model_dir, tmp_module):
 TRAIN = ["steps=3", "checkpoint_every=1", "eval.every=2", "eval.limit=5", "eval.samples=2"]
 
 
-def test_a_killed_sharded_run_resumes_exactly_and_final_loads(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_a_killed_sharded_run_resumes_exactly_and_final_loads(tiny_model_dir, tmp_path, lora):
     """SIGKILL rank 0 inside step 2's update of a 2-process sharded run; ``--resume`` ends with the weights
-    of an uninterrupted run, bit for bit (same world, same reduction order, RNG and state restored).
-    ``final/`` of the sharded run is a plain Hugging Face folder holding the gathered weights; the
-    evaluations (split over the ranks) and checkpoint-best.pt ran sharded too."""
+    of an uninterrupted run, bit for bit (same world, same reduction order, RNG and state restored; the
+    weights, EMA teacher and AdamW state from the shards each rank wrote and reads back).
+    The same under LoRA (the EMA teacher a second adapter of the sharded student). ``final/`` of the full
+    run is a plain Hugging Face folder holding the gathered weights; the evaluations (split over the ranks)
+    and checkpoint-best.pt ran sharded too."""
     from transformers import AutoModelForCausalLM
 
     ref, out = tmp_path / "ref", tmp_path / "killed"
-    run = launch(2, "train", tiny_model_dir, str(ref), "-1", *TRAIN)
+    train = TRAIN + (["model.lora={r: 4, alpha: 8, target_modules: [q_proj, v_proj]}",  # the EMA: a 2nd adapter
+                      "model.merge_lora_on_save=false"] if lora else [])
+    run = launch(2, "train", tiny_model_dir, str(ref), "-1", *train)
     assert run.returncode == 0, run.stderr[-4000:]
-    killed = launch(2, "train", tiny_model_dir, str(out), "2", *TRAIN)
+    killed = launch(2, "train", tiny_model_dir, str(out), "2", *train)
     assert killed.returncode != 0 and (out / "checkpoint.pt").exists(), killed.stderr[-4000:]
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 1  # steps 0 and 1 were saved
-    resumed = launch(2, "train", tiny_model_dir, str(out), "-1", *TRAIN, "resume")
+    saved = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert saved["step"] == 1  # steps 0 and 1 were saved
+    # no process gathered the state: the step file names the folder where each rank wrote its own shards
+    # (torch.distributed.checkpoint), the previous step's folder was pruned with its step file
+    assert "model" not in saved and "optimizer" not in saved and saved["shards"] == "step-000002.shards"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002.pt", "step-000002.shards"]
+    assert len(list((out / "checkpoints" / "step-000002.shards").glob("*.distcp"))) == 2  # one per rank
+    resumed = launch(2, "train", tiny_model_dir, str(out), "-1", *train, "resume")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     want, got = torch.load(ref / "gathered.pt"), torch.load(out / "gathered.pt")
     assert want.keys() == got.keys()
     for k, v in want.items():
         assert torch.equal(got[k], v), k
-    final = AutoModelForCausalLM.from_pretrained(ref / "final", dtype=torch.float64).state_dict()
-    for k, v in final.items():
-        assert torch.equal(v, want[k]), k
     summary = __import__("json").loads((ref / "summary.json").read_text())
     assert summary["eval_after"]["num_items"] == 5 and summary["eval_after"]["processes"] == 2
     assert (ref / "checkpoint-best.pt").exists()
+    if not lora:  # under LoRA final/ holds the adapters
+        final = AutoModelForCausalLM.from_pretrained(ref / "final", dtype=torch.float64).state_dict()
+        for k, v in final.items():
+            assert torch.equal(v, want[k]), k
 
 
 def test_an_unmatched_collective_fails_instead_of_hanging(tiny_model_dir, tmp_path):

@@ -177,6 +177,49 @@ def test_credit_train_on_a_full_disk_says_so_in_one_line_and_resumes(tiny_model_
     assert "resumed" in capsys.readouterr().err and checkpoint.load(out)["step"] == 2
 
 
+def test_a_sharded_checkpoint_is_a_step_file_naming_a_folder_of_shards_written_first(tmp_path):
+    """write_shards then save, as runs.save_checkpoint does for a sharded run (one process here: the writer
+    stands in for torch.distributed.checkpoint; test_fsdp.py runs the real one on 2 processes)."""
+    def shards(step, fail=False):
+        def write(folder):
+            folder.mkdir()
+            (folder / "__0_0.distcp").write_bytes(bytes(1000))
+            if fail:
+                raise RuntimeError("No space left on device")
+        return checkpoint.write_shards(tmp_path, step + 1, write, main=True, barrier=lambda: None)
+
+    for step in range(2):
+        checkpoint.save(tmp_path, {"step": step, "shards": shards(step)}, keep=1)
+    steps = tmp_path / "checkpoints"
+    assert sorted(p.name for p in steps.iterdir()) == ["step-000002.pt", "step-000002.shards"]
+    latest = checkpoint.load(tmp_path)
+    assert latest["step"] == 1 and latest["shards"] == steps / "step-000002.shards"  # found from checkpoint.pt
+    # killed after its shards were written, before its step file: the next save removes the orphan folder
+    shards(2)
+    checkpoint.save(tmp_path, {"step": 3, "shards": shards(3)}, keep=1)
+    assert sorted(p.name for p in steps.iterdir()) == ["step-000004.pt", "step-000004.shards"]
+    # a failed write of the shards: one line, no temporary folder left, the previous checkpoint intact
+    with pytest.raises(checkpoint.CheckpointWriteError, match="step-000005.shards: writing the checkpoint failed"):
+        shards(4, fail=True)
+    assert sorted(p.name for p in steps.iterdir()) == ["step-000004.pt", "step-000004.shards"]
+    assert checkpoint.load(tmp_path)["step"] == 3
+    # a step file whose folder is gone is named as such, not a stack trace
+    (steps / "step-000004.shards" / "__0_0.distcp").unlink()
+    (steps / "step-000004.shards").rmdir()
+    with pytest.raises(UserError, match="the folder of its shards, step-000004.shards, is in neither"):
+        checkpoint.load(tmp_path)
+    shards(3)  # what --prune-checkpoints deletes: the step files and their folders, bytes counted once
+    step_file = (steps / "step-000004.pt").stat().st_size
+    assert checkpoint.remove_resume_state(tmp_path) == step_file + 1000
+    assert not list(steps.iterdir())
+    # `credit eval --model` on one names the files that hold whole weights
+    from credit.analysis.runfiles import load_checkpoint_model
+
+    torch.save({"step": 0, "shards": "step-000001.shards", "config": {"model": {"name": "x"}}}, tmp_path / "s.pt")
+    with pytest.raises(UserError, match="a sharded run's checkpoint .* evaluate the run's final/ or checkpoint-best"):
+        load_checkpoint_model(tmp_path / "s.pt")
+
+
 def test_an_unreadable_checkpoint_is_one_line(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="checkpoint.pt: unreadable checkpoint"):

@@ -10,8 +10,9 @@ sharded; it calls the few functions here, which are no-ops for an unsharded mode
   the teacher's passes). Inside, forwards run no collective at all, so a rank whose responses end
   first can leave its decode loop while the others go on (no per-token all-gather, no hang).
   Entering and leaving are the collectives, and every rank enters each block once.
-- ``full_state_dict`` / ``load_full_state_dict``: the whole state gathered to rank 0 (checkpoints,
-  ``final/``), and each rank's shard cut back out of it on resume.
+- ``save_shards`` / ``load_shards``: a training checkpoint, each rank writing and reading only its own
+  shards (``torch.distributed.checkpoint``): no process ever holds the whole state.
+- ``full_state_dict``: the whole weights gathered to rank 0 (``final/``, ``checkpoint-best.pt``).
 - ``reduce_metrics``: a step's metrics combined over ranks (one collective per step); ``all_rows``:
   every rank's rows of a few small tensors, for numbers that must be the whole batch's (``signal/*``).
 
@@ -129,32 +130,35 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a whole state dict (every rank holds it): a sharded model keeps its own shard of each tensor."""
-    if not is_sharded(model):
-        model.load_state_dict(state)
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+def _shard_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 others: dict[str, torch.nn.Module]) -> dict:
+    """This rank's shards (DTensors) of the student, AdamW's state and ``others`` (a teacher's copy)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
-    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
-
-
-def optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """AdamW's state keyed as ``optimizer.state_dict()`` keys it, whole tensors (on rank 0 when sharded)."""
-    if not is_sharded(model):
-        return optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    weights, optim = get_state_dict(model, optimizer)
+    return {"model": weights, "optimizer": optim, **{k: get_model_state_dict(m) for k, m in others.items()}}
 
 
-def load_optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    if not is_sharded(model):
-        optimizer.load_state_dict(state)
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+def save_shards(path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                others: dict[str, torch.nn.Module]) -> None:
+    """Every rank writes its own shards into the folder ``path`` (``torch.distributed.checkpoint``; files
+    flushed to disk). A collective: every rank calls it."""
+    import torch.distributed.checkpoint as dcp
 
-    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    dcp.save(_shard_state(model, optimizer, others), storage_writer=dcp.FileSystemWriter(path, sync_files=True))
+
+
+def load_shards(path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                others: dict[str, torch.nn.Module]) -> None:
+    """``save_shards``'s inverse: every rank reads only its own shards. A collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
+
+    state = _shard_state(model, optimizer, others)
+    dcp.load(state, storage_reader=dcp.FileSystemReader(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    for k, m in others.items():
+        set_model_state_dict(m, state[k])
 
 
 def all_rows(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:

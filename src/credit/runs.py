@@ -455,7 +455,10 @@ class Interrupts:
 def save_checkpoint(trainer, out: Path, step: int) -> Path:
     """The full state after ``step`` (and the global RNG, for dropout) as the run's latest checkpoint."""
     trainer.acc.wait_for_everyone()
-    state = trainer.state(step)  # every process: a sharded state is gathered to rank 0
+    state = trainer.state(step)
+    if trainer.sharded:  # every process writes its own shards first; the step file then names their folder
+        state["shards"] = checkpoint.write_shards(out, step + 1, trainer.save_shards, trainer.acc.is_main_process,
+                                                  trainer.acc.wait_for_everyone)
     if trainer.acc.is_main_process:
         state["rng"] = rng_state()
         checkpoint.save(out, state, keep=trainer.cfg.checkpoint_keep)

@@ -379,24 +379,35 @@ class Trainer:
     # ---- 7: checkpoints
 
     def state(self, step: int) -> dict:
-        """The whole training state; sharded, it is gathered to rank 0 (every rank must call this, and
-        only rank 0's dict is complete)."""
-        return {
-            "step": step, "model": parallel.full_state_dict(self.unwrapped), "teacher": self.teacher.state_dict(),
-            "optimizer": parallel.optimizer_state_dict(self.unwrapped, self.optimizer),
-            "scheduler": self.scheduler.state_dict(), "skipped_steps": self.skipped_steps,
-            "config": self.cfg.model_dump(mode="json"), "world_size": self.acc.num_processes,
-            "parallel": "fsdp" if self.sharded else "ddp",
-        }
+        """The training state after ``step``. Sharded, the weights, the teacher's and the optimizer's state are
+        not in it: every rank writes its own shards of them (``save_shards``), no rank gathers them."""
+        state = {"step": step, "scheduler": self.scheduler.state_dict(), "skipped_steps": self.skipped_steps,
+                 "config": self.cfg.model_dump(mode="json"), "world_size": self.acc.num_processes,
+                 "parallel": "fsdp" if self.sharded else "ddp"}
+        if not self.sharded:
+            state.update(model=self.unwrapped.state_dict(), teacher=self.teacher.state_dict(),
+                         optimizer=self.optimizer.state_dict())
+        return state
+
+    def _sharded_others(self) -> dict[str, torch.nn.Module]:
+        teacher = self.teacher.own_weights()  # an EMA's sharded copy; under LoRA its adapter is the student's
+        return {"teacher": teacher} if teacher is not None else {}
+
+    def save_shards(self, folder: Path) -> None:
+        """This rank's shards of the student, the teacher's copy and AdamW's state into ``folder`` (a collective)."""
+        parallel.save_shards(folder, self.unwrapped, self.optimizer, self._sharded_others())
 
     def load_state(self, state: dict) -> None:
         saved = "fsdp" if state.get("parallel") == "fsdp" else "ddp"  # the optimizer state's layout
-        if saved != ("fsdp" if self.sharded else "ddp"):
+        if saved != ("fsdp" if self.sharded else "ddp") or ("shards" in state) != self.sharded:
             raise UserError(f"this checkpoint was written by a {saved} run with {state.get('world_size', 1)} "
                             f"processes; resume it with parallel={saved} and the same number of processes")
-        parallel.load_full_state_dict(self.unwrapped, state["model"])
-        self.teacher.load_state_dict(state["teacher"])
-        parallel.load_optimizer_state_dict(self.unwrapped, self.optimizer, state["optimizer"])
+        if self.sharded:  # each rank reads its own shards
+            parallel.load_shards(state["shards"], self.unwrapped, self.optimizer, self._sharded_others())
+        else:
+            self.unwrapped.load_state_dict(state["model"])
+            self.teacher.load_state_dict(state["teacher"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.skipped_steps = state["skipped_steps"]
         self.start_step = state["step"] + 1

@@ -72,6 +72,9 @@ def load_checkpoint_model(path: str | Path, *, dtype: str = "float32", device=No
     except Exception as e:  # noqa: BLE001 - any failure here means the file is not a checkpoint we wrote
         raise UserError(f"{path}: not a readable credit checkpoint ({type(e).__name__}: {e})") from None
     model_cfg = (state.get("config") or {}).get("model") if isinstance(state, dict) else None
+    if model_cfg and "shards" in state:
+        raise UserError(f"{path}: a sharded run's checkpoint (its weights are in the shards each process wrote); "
+                        "evaluate the run's final/ or checkpoint-best.pt")
     if not model_cfg or "model" not in state:
         raise UserError(f"{path}: not a credit checkpoint (no 'model' weights and 'config.model' section)")
     model, tok = load_model(model_cfg["name"], dtype=dtype, cache_dir=model_cfg.get("cache_dir"))

@@ -90,6 +90,10 @@ class _Teacher:
     def update(self, student) -> None:
         """θ_T after a training step (a no-op except for an EMA)."""
 
+    def own_weights(self) -> torch.nn.Module | None:
+        """The module whose weights are this teacher's state (an EMA's copy); None when it is rebuilt on resume."""
+        return None
+
     def state_dict(self) -> dict:
         return {}  # frozen / trust_region / live: rebuilt from the initial weights on resume
 
@@ -134,19 +138,22 @@ class CopyTeacher(_Teacher):
             if n in self.master:
                 parallel.local(pt).copy_(self.master[n])
 
+    def own_weights(self) -> torch.nn.Module | None:
+        return self.ref if self.rate > 0 else None
+
     def state_dict(self) -> dict:
+        """An unsharded teacher's state (a sharded copy is saved as shards: ``own_weights``)."""
         if self.rate == 0.0:
             return {}
-        return {"ref": parallel.full_state_dict(self.ref),
-                "master": {n: t.detach().cpu() for n, t in self.master.items()} if parallel.world_size() == 1 else {}}
+        return {"ref": self.ref.state_dict(), "master": {n: t.detach().cpu() for n, t in self.master.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         if "ref" not in state:
             return
-        parallel.load_full_state_dict(self.ref, state["ref"])
+        self.ref.load_state_dict(state["ref"])
         params = dict(self.ref.named_parameters())
-        for n, t in self.master.items():  # a checkpoint without it (older, sharded, or fp32) restarts it from θ_T
-            t.copy_(state.get("master", {}).get(n, parallel.local(params[n])))
+        for n, t in self.master.items():  # a checkpoint without it (older, or fp32) restarts it from θ_T
+            t.copy_(state.get("master", {}).get(n, params[n]))
 
 
 class TrustRegionTeacher(CopyTeacher):
@@ -161,6 +168,9 @@ class TrustRegionTeacher(CopyTeacher):
 
     def update(self, student) -> None:
         pass
+
+    def own_weights(self) -> torch.nn.Module | None:
+        return None  # the initial weights: rebuilt on resume
 
     def state_dict(self) -> dict:
         return {}
