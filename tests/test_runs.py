@@ -55,6 +55,8 @@ def test_overwrite_removes_only_what_a_run_writes(tmp_path):
     for d, f in (("final", "model.safetensors"), ("checkpoints", "step-000001.pt"), ("tb", "events.out.tfevents.1")):
         (tmp_path / d).mkdir()
         (tmp_path / d / f).write_text("x")
+    (tmp_path / "checkpoints" / "step-000001.shards").mkdir()  # a sharded run's: every rank's shards
+    (tmp_path / "checkpoints" / "step-000001.shards" / "__0_0.distcp").write_text("x")
     (tmp_path / "notes.md").write_text("mine")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.jsonl").write_text("mine")

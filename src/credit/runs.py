@@ -47,7 +47,7 @@ RUN_MARKERS = ("metrics.jsonl", "checkpoint.pt", "summary.json")
 RUN_OUTPUTS: dict[str, tuple[str, ...] | None] = {
     "config.yaml": None, "metrics.jsonl": None, "rollouts.jsonl": None, "summary.json": None,
     "checkpoint.pt": None, "checkpoint-best.pt": None, "run.log": None, "wandb-run-id": None,
-    "checkpoints": ("step-*.pt", ".*.tmp"),
+    "checkpoints": ("step-*.pt", "step-*.shards", ".*.tmp", ".*.old"),  # .shards: a sharded run's folders
     "tb": ("events.out.tfevents.*",),
     "wandb": ("run-*", "offline-run-*", "latest-run", "debug*.log"),
     # save_pretrained of a model, its LoRA adapters and its tokenizer
