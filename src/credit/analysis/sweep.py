@@ -244,7 +244,7 @@ def is_finished(out_dir: Path) -> bool:
 
 
 def prune_checkpoints(out_dir: Path) -> int:
-    """Delete a finished run's resume checkpoints (``checkpoint.pt``, ``checkpoints/step-*.pt``: weights,
+    """Delete a finished run's resume checkpoints (``checkpoint.pt``, ``checkpoints/step-*``: weights,
     teacher and optimizer, ~16 bytes a parameter); keep ``final/`` and ``checkpoint-best.pt``. Bytes freed."""
     from credit import checkpoint
 
