@@ -66,7 +66,8 @@ def test_sharded_training_equals_one_process(tiny_model_dir, tmp_module, nproc):
     """GRPO, SDPO, CREDIT token / logits / sequence, CREDIT with LoRA (token and logits, EMA adapter
     teacher), CREDIT with gradient checkpointing (full and LoRA), and a batch where only rank 0's prompts
     carry a teacher signal (live teacher: the others run no teacher forward at all): 3 steps each,
-    sharded over ``nproc`` ranks, give the one-process parameters and metrics. Responses end at different lengths on different ranks."""
+    sharded over ``nproc`` ranks, give the one-process parameters and metrics. Responses end at different
+    lengths on different ranks."""
     one, got = variants(1, tiny_model_dir, tmp_module), variants(nproc, tiny_model_dir, tmp_module)
     assert (one["world"], got["world"]) == (1, nproc)
     for name, ref in one["results"].items():
