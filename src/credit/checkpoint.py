@@ -41,8 +41,9 @@ def _shards_of(step_file: Path) -> Path:
     return step_file.with_suffix(".shards")
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir():
+def remove_entry(path: Path) -> None:
+    """Delete a file or a folder with what it holds (a link: the link alone); nothing there is fine."""
+    if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
@@ -111,7 +112,7 @@ def write_shards(run_dir: str | Path, done_steps: int, write: Callable[[Path], N
     tmp = steps_dir / f".{final.name}.tmp"
     if main:
         steps_dir.mkdir(parents=True, exist_ok=True)
-        _remove(tmp)
+        remove_entry(tmp)
     barrier()
     try:
         write(tmp)
@@ -128,7 +129,7 @@ def write_shards(run_dir: str | Path, done_steps: int, write: Callable[[Path], N
             os.replace(final, old)
         os.replace(tmp, final)
         _fsync_dir(steps_dir)
-        _remove(old)
+        remove_entry(old)
     return final.name
 
 
@@ -140,7 +141,7 @@ def save(run_dir: str | Path, state: dict, keep: int = 1) -> Path:
     steps_dir = run_dir / STEP_DIR
     steps_dir.mkdir(parents=True, exist_ok=True)
     for stale in steps_dir.glob(".*.tmp"):  # what a process killed mid-write left; only one process writes here
-        _remove(stale)
+        remove_entry(stale)
     path = steps_dir / step_name(state["step"] + 1)
     _write_atomic(path, state)
     _point_latest(run_dir, path)

@@ -29,7 +29,6 @@ import fnmatch
 import json
 import os
 import random
-import shutil
 import signal
 import sys
 import time
@@ -139,13 +138,6 @@ def prepare_run_dir(out: Path, resume: bool | str, overwrite: bool) -> None:
     check_writable(out)
 
 
-def _remove(entry: Path) -> None:
-    if entry.is_dir() and not entry.is_symlink():
-        shutil.rmtree(entry)
-    else:
-        entry.unlink()
-
-
 def clear_run(out: Path) -> list[str]:
     """Remove what a run writes (``RUN_OUTPUTS`` and our temporary files), nothing else: out_dir may be
     a directory the user keeps other things in (even ``.``), and a file of theirs inside ``tb/`` or
@@ -157,20 +149,20 @@ def clear_run(out: Path) -> list[str]:
     for entry in sorted(out.iterdir()):
         name = entry.name
         if name.startswith(".") and name.endswith(".tmp"):
-            _remove(entry)
+            checkpoint.remove_entry(entry)
             removed.append(name)
             continue
         if name not in RUN_OUTPUTS:
             continue
         patterns = RUN_OUTPUTS[name]
         if patterns is None or entry.is_symlink() or not entry.is_dir():
-            _remove(entry)
+            checkpoint.remove_entry(entry)
             removed.append(name)
             continue
         inside = sorted(entry.iterdir())
         ours = [p for p in inside if any(fnmatch.fnmatch(p.name, pat) for pat in patterns)]
         for p in ours:
-            _remove(p)
+            checkpoint.remove_entry(p)
         if len(ours) == len(inside):
             entry.rmdir()
             removed.append(name)

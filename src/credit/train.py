@@ -399,7 +399,7 @@ class Trainer:
 
     def load_state(self, state: dict) -> None:
         saved = "fsdp" if state.get("parallel") == "fsdp" else "ddp"  # the optimizer state's layout
-        if saved != ("fsdp" if self.sharded else "ddp") or ("shards" in state) != self.sharded:
+        if saved != ("fsdp" if self.sharded else "ddp"):
             # (parallel=fsdp in one process trains unsharded: a sharded run's shards need 2 or more)
             raise UserError(f"this checkpoint was written by a {saved} run with {state.get('world_size', 1)} "
                             f"processes; resume it with parallel={saved}"
